@@ -1,0 +1,1 @@
+"""Numerical kernels of the encouraging loss: a chunked PyTorch path and a Triton path for CUDA."""

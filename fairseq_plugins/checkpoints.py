@@ -1,0 +1,58 @@
+"""fairseq checkpoints under torch >= 2.6, whose ``torch.load`` defaults to ``weights_only=True``.
+
+fairseq calls ``torch.load`` without ``weights_only``; its checkpoints then fail to load because
+their pickles name a few classes outside torch's allowlist. Instead of turning the protection off,
+we allowlist exactly those classes (found with ``torch.serialization.get_unsafe_globals_in_checkpoint``
+on checkpoints written by fairseq-train) and turn every load failure into one error naming the file.
+"""
+import argparse
+import pickle
+import zipfile
+
+import numpy as np
+import torch
+from fairseq import checkpoint_utils
+
+# What fairseq checkpoints hold beyond tensors and builtins: the command-line args, and numpy
+# scalars where a best-metric value (a BLEU, say) was a numpy float.
+FAIRSEQ_CHECKPOINT_GLOBALS = [
+    argparse.Namespace,
+    np.dtype,
+    np.dtypes.Float64DType,
+    np.dtypes.Float32DType,
+    np.dtypes.Int64DType,
+    np._core.multiarray.scalar,
+]
+
+
+class CheckpointLoadError(RuntimeError):
+    """A checkpoint could not be loaded; the message names the file and why."""
+
+
+def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
+    """fairseq's ``load_checkpoint_to_cpu`` with every failure reported as a ``CheckpointLoadError``."""
+    try:
+        return _fairseq_load_checkpoint_to_cpu(path, arg_overrides, load_on_all_ranks)
+    except pickle.UnpicklingError as error:
+        raise CheckpointLoadError(
+            f"refusing to load checkpoint {path}: its pickle asks for something fairseq checkpoints "
+            f"never contain, so loading it could run code ({_first_line(error)})") from error
+    except FileNotFoundError:
+        raise
+    except (EOFError, OSError, zipfile.BadZipFile) as error:  # torch's zip reader raises OSError
+        raise CheckpointLoadError(f"checkpoint {path} is truncated or corrupt ({error})") from error
+    except RuntimeError as error:
+        if "zip archive" not in str(error) and "PytorchStreamReader" not in str(error):
+            raise
+        raise CheckpointLoadError(f"checkpoint {path} is truncated or corrupt ({_first_line(error)})") from error
+
+
+def _first_line(error):
+    lines = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line or "Unsupported" in line]
+    return lines[0] if lines else str(error).splitlines()[0]
+
+
+torch.serialization.add_safe_globals(FAIRSEQ_CHECKPOINT_GLOBALS)
+if getattr(checkpoint_utils.load_checkpoint_to_cpu, "__module__", "") != __name__:
+    _fairseq_load_checkpoint_to_cpu = checkpoint_utils.load_checkpoint_to_cpu
+    checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu

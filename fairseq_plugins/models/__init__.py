@@ -1,0 +1,1 @@
+"""Architectures of the user-dir; fairseq imports every module here (import_models)."""

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Installs everything the project needs into the active virtual environment, or into .venv.
+# Idempotent: a second run checks what is present and installs nothing.
+set -euo pipefail
+
+usage() {
+  cat <<'USAGE'
+Usage: scripts/install.sh [-h]
+
+Installs the project into the active virtual environment, or creates VENV (default .venv).
+A torch already importable there is kept (for example a CUDA build you installed first).
+
+Environment:
+  VENV           virtual environment to create/use when none is active (default: .venv)
+  PYTHON         interpreter used to create it (default: python3.11, else python3)
+  TORCH_SPEC     torch requirement when torch is missing. Default: with nvidia-smi present,
+                 'torch>=2.6' (PyPI's CUDA build); without, 'torch==2.13.0+cpu' (a CPU build)
+  TORCH_CPU_INDEX  index tried for the CPU build when pip's configured sources lack it
+                 (default: https://download.pytorch.org/whl/cpu)
+  FAIRSEQ_SPEC   fairseq distribution (default: fairseq-fixed==0.12.3.1)
+USAGE
+}
+[[ "${1:-}" == "-h" || "${1:-}" == "--help" ]] && { usage; exit 0; }
+
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+FAIRSEQ_SPEC=${FAIRSEQ_SPEC:-fairseq-fixed==0.12.3.1}
+TORCH_CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
+
+if [[ -n "${VIRTUAL_ENV:-}" ]]; then
+  py="$VIRTUAL_ENV/bin/python"
+else
+  if [[ ! -x "$VENV/bin/python" ]]; then
+    base=${PYTHON:-$(command -v python3.11 || command -v python3)}
+    echo "[install] creating $VENV with $base"
+    "$base" -m venv "$VENV"
+  fi
+  py="$VENV/bin/python"
+fi
+pip=("$py" -m pip --disable-pip-version-check)
+
+have() { "$py" - "$@" <<'PY'
+import importlib.util, sys
+sys.exit(0 if all(importlib.util.find_spec(m) for m in sys.argv[1:]) else 1)
+PY
+}
+
+if have torch; then
+  echo "[install] keeping torch $("$py" -c 'import torch; print(torch.__version__)')"
+else
+  if [[ -z "${TORCH_SPEC:-}" ]]; then
+    if command -v nvidia-smi >/dev/null 2>&1; then TORCH_SPEC='torch>=2.6'; else TORCH_SPEC='torch==2.13.0+cpu'; fi
+  fi
+  echo "[install] installing $TORCH_SPEC"
+  # The CPU build is not on PyPI; try pip's configured sources first, then PyTorch's CPU index.
+  "${pip[@]}" install -q "$TORCH_SPEC" \
+    || "${pip[@]}" install -q --timeout 30 --retries 1 --extra-index-url "$TORCH_CPU_INDEX" "$TORCH_SPEC"
+fi
+
+# fairseq's runtime needs (its own metadata would pull torchaudio and old pins, hence --no-deps below).
+"${pip[@]}" install -q -r requirements.txt
+
+if have fairseq fairseq.data.data_utils_fast; then
+  echo "[install] keeping fairseq $("$py" -c 'import fairseq; print(fairseq.__version__)')"
+else
+  echo "[install] building $FAIRSEQ_SPEC (C++/Cython extensions, a few minutes)"
+  "${pip[@]}" install -q --no-deps --no-build-isolation "$FAIRSEQ_SPEC"
+fi
+
+
+"$py" -c 'import torch, fairseq, fairseq_plugins; print(f"[install] ok: torch {torch.__version__}, fairseq {fairseq.__version__}")'
