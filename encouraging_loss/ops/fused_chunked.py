@@ -63,21 +63,33 @@ class _FusedEncouragingLoss(torch.autograd.Function):
         if with_stats:
             holder["stats"] = token_stats(parts["target_lprob"], parts["margin"], valid, options)
         ctx.mark_non_differentiable(parts["nll"], parts["ce"], parts["bonus"])
-        ctx.save_for_backward(grad, grad_row_scale)
+        # Kept on ctx, not save_for_backward: backward scales it in place (no second full tensor),
+        # remembering the factor so that a repeated backward (retain_graph, gradcheck) stays right.
+        ctx.grad, ctx.grad_row_scale, ctx.applied_factor = grad, grad_row_scale, None
         ctx.per_row = row_weight is None
         loss = parts["loss"]
         return loss if ctx.per_row else (loss * row_weight).sum()
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad, grad_row_scale = ctx.saved_tensors
-        factor = grad_output.to(torch.float32)
-        if grad_row_scale is not None:
-            factor = factor / grad_row_scale
-        if factor.dim() == 1:
-            grad.mul_(factor.unsqueeze(-1))
-        elif float(factor) != 1.0:
-            grad.mul_(factor)
+        grad = ctx.grad
+        math_dtype = torch.float64 if grad.dtype == torch.float64 else torch.float32
+        factor = grad_output.to(math_dtype)  # () for sum/mean, (N,) for 'none'
+        if ctx.grad_row_scale is not None:
+            factor = factor / ctx.grad_row_scale  # (N,)
+        if ctx.per_row:
+            # out of place: zero upstream rows (gradcheck's one-hot vectors) must not erase the gradient
+            return ((grad.to(math_dtype) * factor.unsqueeze(-1)).to(grad.dtype),) + (None,) * 7
+        previous = ctx.applied_factor
+        if previous is not None and bool((previous == 0).any()):
+            raise RuntimeError("the fused encouraging loss cannot backpropagate again after a zero "
+                               "upstream gradient; use impl='reference'")
+        step = factor if previous is None else factor / previous
+        if step.dim():
+            grad.mul_(step.unsqueeze(-1))
+        elif float(step) != 1.0:
+            grad.mul_(step)
+        ctx.applied_factor = factor
         return (grad,) + (None,) * 7
 
 
