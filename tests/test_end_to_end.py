@@ -132,3 +132,27 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(CheckpointLoadError, match=f"checkpoint {truncated} is truncated or corrupt"):
         checkpoint_utils.load_checkpoint_to_cpu(str(truncated))
+
+
+def test_checkpoint_copies_never_leave_a_half_written_file(tmp_path, monkeypatch):
+    import shutil
+
+    import fairseq_plugins  # noqa: F401
+    from fairseq.file_io import PathManager
+
+    source, last = tmp_path / "checkpoint3.pt", tmp_path / "checkpoint_last.pt"
+    source.write_bytes(b"new" * 1000)
+    last.write_bytes(b"previous good checkpoint")
+
+    def copy_that_dies_half_way(src, dst):
+        with open(dst, "wb") as out:
+            out.write(b"ne")
+        raise KeyboardInterrupt  # the run is killed during the copy
+
+    monkeypatch.setattr(shutil, "copyfile", copy_that_dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        PathManager.copy(str(source), str(last), overwrite=True)
+    assert last.read_bytes() == b"previous good checkpoint"
+    monkeypatch.undo()
+    assert PathManager.copy(str(source), str(last), overwrite=True)
+    assert last.read_bytes() == source.read_bytes()
