@@ -1,0 +1,487 @@
+"""Corpus preparation for the NMT experiments: one joint SentencePiece model, SentencePiece-encoded
+text, fairseq-preprocess binaries with a joined dictionary, and the untokenised references for
+detokenised sacreBLEU. Every corpus goes through the same `build_dataset`; the shell scripts in this
+folder are thin entry points to the subcommands below (`python -m data_prep.prepare -h`)."""
+import argparse
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from tqdm import tqdm
+
+LOG = logging.getLogger("data_prep")
+SPLITS = ("train", "valid", "test")
+# Files under `pieces_dir` are what fairseq-preprocess reads; keep them for inspection and re-binarising.
+RAW_DIR, TOK_DIR, PIECES_DIR, BIN_DIR = "raw", "tok", "spm", "bin"
+# Below this many lines a worker pool costs more than it saves.
+MIN_LINES_FOR_POOL = 20000
+
+
+class DataPrepError(Exception):
+    """A problem with the user's input or settings; reported as one line without a traceback."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading text
+
+def decode_lines(data: bytes, name: str) -> list:
+    """Splits UTF-8 `data` into lines (without their end-of-line); `name` identifies it in errors."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line_number = data.count(b"\n", 0, error.start) + 1
+        raise DataPrepError(f"{name}: line {line_number}: invalid UTF-8 ({error.reason})") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    # Files written on Windows: the carriage return is not part of the sentence.
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def read_lines(path: Path) -> list:
+    if not path.is_file():
+        raise DataPrepError(f"missing input file: {path}")
+    return decode_lines(path.read_bytes(), str(path))
+
+
+def write_lines(path: Path, lines) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="\n") as handle:
+        for line in lines:
+            handle.write(line)
+            handle.write("\n")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# Parallel text and the transformations applied before SentencePiece
+
+@dataclass
+class ParallelText:
+    """Aligned sentence pairs. `raw_*` is the untokenised text (the sacreBLEU references);
+    `text_*` is what SentencePiece sees (tokenised and/or lower-cased), None when it equals raw."""
+    raw_src: list
+    raw_tgt: list
+    text_src: Optional[list] = None
+    text_tgt: Optional[list] = None
+
+    def __post_init__(self):
+        if len(self.raw_src) != len(self.raw_tgt):
+            raise DataPrepError(f"source has {len(self.raw_src)} lines but target has {len(self.raw_tgt)}")
+
+    def __len__(self):
+        return len(self.raw_src)
+
+    @property
+    def model_src(self):
+        return self.raw_src if self.text_src is None else self.text_src
+
+    @property
+    def model_tgt(self):
+        return self.raw_tgt if self.text_tgt is None else self.text_tgt
+
+    def select(self, indices) -> "ParallelText":
+        indices = list(indices)
+
+        def pick(lines):
+            return None if lines is None else [lines[i] for i in indices]
+        return ParallelText(pick(self.raw_src), pick(self.raw_tgt), pick(self.text_src), pick(self.text_tgt))
+
+    @staticmethod
+    def concatenate(parts) -> "ParallelText":
+        parts = list(parts)
+        pretokenised = any(part.text_src is not None for part in parts)
+
+        def join(attribute):
+            return [line for part in parts for line in getattr(part, attribute)]
+        return ParallelText(join("raw_src"), join("raw_tgt"),
+                            join("model_src") if pretokenised else None,
+                            join("model_tgt") if pretokenised else None)
+
+
+_moses_tokenizer = None
+
+
+def _init_moses(lang):
+    global _moses_tokenizer
+    from sacremoses import MosesTokenizer
+    _moses_tokenizer = MosesTokenizer(lang=lang)
+
+
+def _moses_tokenize(line):
+    # escape=False: SentencePiece handles any character, and "&amp;" would leak into detokenised output.
+    return _moses_tokenizer.tokenize(line, escape=False, return_str=True)
+
+
+def map_lines(function: Callable, lines: list, workers: int, desc: str, initializer=None, initargs=()):
+    """`[function(line) for line in lines]` with a progress bar, in a worker pool for large inputs."""
+    if workers > 1 and len(lines) >= MIN_LINES_FOR_POOL:
+        with multiprocessing.get_context("fork").Pool(workers, initializer, initargs) as pool:
+            return list(tqdm(pool.imap(function, lines, chunksize=2000), total=len(lines), desc=desc,
+                             unit="line", mininterval=2))
+    if initializer is not None:
+        initializer(*initargs)
+    return [function(line) for line in tqdm(lines, desc=desc, unit="line", mininterval=2)]
+
+
+def model_text(lines: list, lang: str, moses: bool, lowercase: bool, workers: int,
+               pre_replace: Optional[Callable] = None) -> Optional[list]:
+    """The text SentencePiece is trained on: Moses-tokenised first (its rules for abbreviations
+    depend on case), then lower-cased. None when neither is asked for (the model sees raw text)."""
+    if not (moses or lowercase or pre_replace):
+        return None
+    if pre_replace is not None:
+        lines = [pre_replace(line) for line in lines]
+    if moses:
+        lines = map_lines(_moses_tokenize, lines, workers, f"moses tokenise ({lang})", _init_moses, (lang,))
+    if lowercase:
+        lines = [line.lower() for line in lines]
+    return lines
+
+
+def add_model_text(corpus: ParallelText, src: str, tgt: str, moses: bool, lowercase: bool, workers: int,
+                   pre_replace: Optional[Callable] = None) -> ParallelText:
+    corpus.text_src = model_text(corpus.raw_src, src, moses, lowercase, workers, pre_replace)
+    corpus.text_tgt = model_text(corpus.raw_tgt, tgt, moses, lowercase, workers, pre_replace)
+    return corpus
+
+
+_SPACES = re.compile(r"\s+")
+
+
+def clean_by_length(corpus: ParallelText, min_tokens: int, max_tokens: int, max_ratio: float) -> ParallelText:
+    """Moses' clean-corpus-n.perl on the model text: '|' removed, whitespace squeezed, then pairs
+    dropped unless both sides have min..max tokens and neither is more than max_ratio times longer."""
+    kept, text_src, text_tgt = [], [], []
+    for index, (source, target) in enumerate(zip(corpus.model_src, corpus.model_tgt)):
+        source = _SPACES.sub(" ", source.replace("|", "")).strip()
+        target = _SPACES.sub(" ", target.replace("|", "")).strip()
+        source_count = len(source.split(" ")) if source else 0
+        target_count = len(target.split(" ")) if target else 0
+        if not (min_tokens <= source_count <= max_tokens and min_tokens <= target_count <= max_tokens):
+            continue
+        if source_count / target_count > max_ratio or target_count / source_count > max_ratio:
+            continue
+        kept.append(index)
+        text_src.append(source)
+        text_tgt.append(target)
+    cleaned = corpus.select(kept)
+    cleaned.text_src, cleaned.text_tgt = text_src, text_tgt
+    LOG.info("length cleaning (%d..%d tokens, ratio %.2f): kept %d of %d pairs",
+             min_tokens, max_tokens, max_ratio, len(kept), len(corpus))
+    return cleaned
+
+
+# ----------------------------------------------------------------------------------------------
+# Building the output directory
+
+@dataclass
+class Settings:
+    src: str
+    tgt: str
+    vocab_size: int = 8000
+    model_type: str = "bpe"
+    lowercase: bool = False
+    moses: bool = False
+    workers: int = 1
+    character_coverage: float = 1.0
+    spm_sentences: int = 2_000_000
+    seed: int = 1
+    extra: dict = field(default_factory=dict)
+
+    def validate(self):
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", self.src) or not re.fullmatch(r"[A-Za-z0-9_-]+", self.tgt):
+            raise DataPrepError(f"--src-lang/--tgt-lang must be file suffixes like 'de' (got {self.src!r}, {self.tgt!r})")
+        if self.src == self.tgt:
+            raise DataPrepError(f"--src-lang and --tgt-lang must differ (both are {self.src!r})")
+        if self.vocab_size < 8:
+            raise DataPrepError(f"--vocab-size must be at least 8 (got {self.vocab_size})")
+        if self.model_type not in ("bpe", "unigram"):
+            raise DataPrepError(f"--model-type must be bpe or unigram (got {self.model_type!r})")
+        if self.workers < 1:
+            raise DataPrepError(f"--workers must be at least 1 (got {self.workers})")
+        if not 0.9 <= self.character_coverage <= 1.0:
+            raise DataPrepError(f"--character-coverage must be in [0.9, 1] (got {self.character_coverage})")
+
+    def as_dict(self):
+        return {key: value for key, value in self.__dict__.items() if key != "extra"} | self.extra
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuses to replace a directory this tool did not write (it would be deleted at the end)."""
+    if out_dir.exists() and not (out_dir / "prepare.json").is_file():
+        if not out_dir.is_dir() or any(out_dir.iterdir()):
+            raise DataPrepError(f"--out-dir {out_dir} exists and was not written by data_prep; "
+                                "remove it or choose another directory")
+
+
+def up_to_date(out_dir: Path, fingerprint: str) -> bool:
+    try:
+        return json.loads((out_dir / "prepare.json").read_text())["fingerprint"] == fingerprint
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def make_fingerprint(corpus_name: str, settings: Settings, inputs: dict) -> str:
+    """Identifies a build: the same inputs (by content) and settings give the same output."""
+    payload = json.dumps({"corpus": corpus_name, "settings": settings.as_dict(),
+                          "inputs": {name: info.get("sha256") for name, info in inputs.items()}}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def train_sentencepiece(text_files, prefix: Path, settings: Settings, log_path: Path):
+    import sentencepiece as spm
+    LOG.info("training SentencePiece %s, vocab %d, on %s", settings.model_type, settings.vocab_size,
+             ", ".join(str(path) for path in text_files))
+    spm.set_random_generator_seed(settings.seed)
+    with open(log_path, "w") as log:
+        spm.SentencePieceTrainer.train(
+            input=[str(path) for path in text_files], model_prefix=str(prefix),
+            vocab_size=settings.vocab_size, model_type=settings.model_type,
+            character_coverage=settings.character_coverage,
+            input_sentence_size=settings.spm_sentences, shuffle_input_sentence=True,
+            # Small corpora cannot fill a large vocabulary; take what they support instead of failing.
+            hard_vocab_limit=False,
+            num_threads=settings.workers, logstream=log)
+    return spm.SentencePieceProcessor(model_file=str(prefix) + ".model")
+
+
+def encode_lines(processor, lines: list, workers: int, desc: str) -> list:
+    pieces, chunk = [], 10000
+    with tqdm(total=len(lines), desc=desc, unit="line", mininterval=2) as progress:
+        for start in range(0, len(lines), chunk):
+            batch = lines[start:start + chunk]
+            pieces.extend(" ".join(sentence) for sentence in
+                          processor.encode(batch, out_type=str, num_threads=workers))
+            progress.update(len(batch))
+    return pieces
+
+
+def run_fairseq_preprocess(pieces_dir: Path, bin_dir: Path, settings: Settings, log_path: Path) -> list:
+    command = [sys.executable, "-m", "fairseq_cli.preprocess",
+               "--source-lang", settings.src, "--target-lang", settings.tgt,
+               *[arg for split in SPLITS for arg in (f"--{split}pref", str(pieces_dir / split))],
+               "--destdir", str(bin_dir), "--joined-dictionary", "--workers", str(settings.workers)]
+    LOG.info("running %s", " ".join(command))
+    with open(log_path, "w") as log:
+        finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+    if finished.returncode != 0:
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+        raise DataPrepError(f"fairseq-preprocess failed ({finished.returncode}): {tail[0]} (log: {log_path})")
+    return command
+
+
+def build_dataset(out_dir: Path, corpus_name: str, splits: dict, settings: Settings, inputs: dict,
+                  fingerprint: str, notes: Optional[dict] = None) -> Path:
+    """Writes the whole output (see the module docstring) into a temporary directory beside
+    `out_dir` and renames it into place only when complete; a failure leaves no partial output."""
+    for split in SPLITS:
+        if len(splits[split]) == 0:
+            raise DataPrepError(f"empty corpus: the {split} split has no sentence pairs")
+    started = time.time()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        (work / "logs").mkdir(parents=True)
+        pretokenised = settings.moses or settings.lowercase or any(
+            part.text_src is not None for part in splits.values())
+        for split, corpus in splits.items():
+            write_lines(work / RAW_DIR / f"{split}.{settings.src}", corpus.raw_src)
+            write_lines(work / RAW_DIR / f"{split}.{settings.tgt}", corpus.raw_tgt)
+            if pretokenised:
+                write_lines(work / TOK_DIR / f"{split}.{settings.src}", corpus.model_src)
+                write_lines(work / TOK_DIR / f"{split}.{settings.tgt}", corpus.model_tgt)
+        text_dir = work / (TOK_DIR if pretokenised else RAW_DIR)
+        processor = train_sentencepiece([text_dir / f"train.{settings.src}", text_dir / f"train.{settings.tgt}"],
+                                        work / "spm", settings, work / "logs" / "sentencepiece.log")
+        for split, corpus in splits.items():
+            for lang, lines in ((settings.src, corpus.model_src), (settings.tgt, corpus.model_tgt)):
+                write_lines(work / PIECES_DIR / f"{split}.{lang}",
+                            encode_lines(processor, lines, settings.workers, f"encode {split}.{lang}"))
+        preprocess_command = run_fairseq_preprocess(work / PIECES_DIR, work / BIN_DIR, settings,
+                                                    work / "logs" / "preprocess.log")
+        dictionary_size = sum(1 for _ in open(work / BIN_DIR / f"dict.{settings.src}.txt", encoding="utf-8"))
+        record = {
+            "corpus": corpus_name,
+            "command": [sys.argv[0], *sys.argv[1:]],
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "seconds": round(time.time() - started, 1),
+            "settings": settings.as_dict(),
+            "inputs": inputs,
+            "lines": {split: len(corpus) for split, corpus in splits.items()},
+            "references": {
+                "raw": f"{RAW_DIR}/test.{settings.tgt}",
+                "tokenised": f"{TOK_DIR}/test.{settings.tgt}" if pretokenised else None,
+                # What a decoded hypothesis (spm decode) still needs before scoring against "raw".
+                "postprocess": (["moses-detokenise"] if settings.moses else [])
+                               + (["compare-lowercased"] if settings.lowercase else []),
+            },
+            "sentencepiece": {"model_type": settings.model_type, "requested_vocab_size": settings.vocab_size,
+                              "vocab_size": processor.get_piece_size()},
+            "fairseq": {"preprocess": [arg.replace(str(work), str(out_dir)) for arg in preprocess_command[1:]],
+                        "dictionary_size": dictionary_size},
+            "versions": _versions(),
+            "fingerprint": fingerprint,
+            **(notes or {}),
+        }
+        (work / "prepare.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+        _replace_dir(work, out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    LOG.info("wrote %s (%s) in %.0f s", out_dir,
+             ", ".join(f"{split} {len(corpus)}" for split, corpus in splits.items()), time.time() - started)
+    return out_dir
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _versions():
+    from importlib.metadata import PackageNotFoundError, version
+    found = {"python": sys.version.split()[0]}
+    for package in ("sentencepiece", "sacremoses", "fairseq-fixed", "fairseq"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+# ----------------------------------------------------------------------------------------------
+# custom: any parallel corpus given as PREFIX.SRC / PREFIX.TGT text files
+
+def read_parallel(prefix: str, src: str, tgt: str) -> ParallelText:
+    source_path, target_path = Path(f"{prefix}.{src}"), Path(f"{prefix}.{tgt}")
+    source, target = read_lines(source_path), read_lines(target_path)
+    if len(source) != len(target):
+        raise DataPrepError(f"line counts differ: {source_path} has {len(source)} lines, "
+                            f"{target_path} has {len(target)}")
+    if not source:
+        raise DataPrepError(f"empty corpus: {source_path} and {target_path} have no lines")
+    return ParallelText(source, target)
+
+
+def command_custom(args) -> Path:
+    settings = settings_from_args(args)
+    prefixes = {"train": args.train_prefix, "valid": args.valid_prefix, "test": args.test_prefix}
+    inputs = {}
+    for split, prefix in prefixes.items():
+        for lang in (settings.src, settings.tgt):
+            path = Path(f"{prefix}.{lang}")
+            if not path.is_file():
+                raise DataPrepError(f"missing input file: {path}")
+            inputs[f"{split}.{lang}"] = {"path": str(path.resolve()), "bytes": path.stat().st_size,
+                                         "sha256": file_sha256(path)}
+    fingerprint = make_fingerprint("custom", settings, inputs)
+    if not args.force and up_to_date(args.out_dir, fingerprint):
+        LOG.info("%s is up to date with these inputs and settings; nothing to do (--force rebuilds)", args.out_dir)
+        return args.out_dir
+    check_out_dir(args.out_dir)
+    splits = {}
+    for split, prefix in prefixes.items():
+        splits[split] = add_model_text(read_parallel(prefix, settings.src, settings.tgt), settings.src,
+                                       settings.tgt, settings.moses, settings.lowercase, settings.workers)
+    return build_dataset(args.out_dir, "custom", splits, settings, inputs, fingerprint)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+def settings_from_args(args) -> Settings:
+    settings = Settings(src=args.src_lang, tgt=args.tgt_lang, vocab_size=args.vocab_size,
+                        model_type=args.model_type, lowercase=args.lowercase, moses=args.moses,
+                        workers=args.workers, character_coverage=args.character_coverage,
+                        spm_sentences=args.spm_sentences, seed=args.seed)
+    settings.validate()
+    return settings
+
+
+def add_common_arguments(parser, *, src, tgt, vocab_size, lowercase=False, moses=False, out_dir=None):
+    parser.add_argument("--src-lang", default=src, required=src is None, help="source language suffix"
+                        + (f" (default {src})" if src else ""))
+    parser.add_argument("--tgt-lang", default=tgt, required=tgt is None, help="target language suffix"
+                        + (f" (default {tgt})" if tgt else ""))
+    parser.add_argument("--out-dir", type=Path, default=out_dir, required=out_dir is None,
+                        help="output directory" + (f" (default {out_dir})" if out_dir else ""))
+    parser.add_argument("--vocab-size", type=int, default=vocab_size,
+                        help=f"joint SentencePiece vocabulary size (default {vocab_size}; "
+                             "smaller corpora get the largest size they support)")
+    parser.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe",
+                        help="SentencePiece model type (default bpe)")
+    parser.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=lowercase,
+                        help=f"lower-case before SentencePiece (default {'on' if lowercase else 'off'})")
+    parser.add_argument("--moses", action=argparse.BooleanOptionalAction, default=moses,
+                        help="Moses-tokenise (sacremoses) before SentencePiece "
+                             f"(default {'on' if moses else 'off'})")
+    parser.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)),
+                        help="processes/threads for tokenising, SentencePiece and fairseq-preprocess "
+                             "(default: CPU count, at most 8)")
+    parser.add_argument("--character-coverage", type=float, default=1.0,
+                        help="SentencePiece character coverage (default 1.0; ~0.9995 for CJK)")
+    parser.add_argument("--spm-sentences", type=int, default=2_000_000,
+                        help="at most this many sentences (sampled) train SentencePiece (default 2000000)")
+    parser.add_argument("--seed", type=int, default=1, help="SentencePiece sampling seed (default 1)")
+    parser.add_argument("--force", action="store_true",
+                        help="rebuild even when --out-dir was already built from the same inputs and settings")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m data_prep.prepare", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    custom = commands.add_parser(
+        "custom", help="any parallel corpus given as PREFIX.SRC / PREFIX.TGT text files",
+        description="Prepares a parallel corpus from raw text files PREFIX.SRC / PREFIX.TGT (one sentence "
+                    "per line) for train, valid and test. Writes OUT/spm.model, OUT/spm.vocab, "
+                    "OUT/raw/ (the text as given: sacreBLEU references), OUT/tok/ (with --moses/--lowercase), "
+                    "OUT/spm/ (SentencePiece pieces), OUT/bin/ (fairseq-preprocess, joined dictionary) "
+                    "and OUT/prepare.json.")
+    custom.add_argument("--train-prefix", required=True, help="training text is PREFIX.SRC and PREFIX.TGT")
+    custom.add_argument("--valid-prefix", required=True, help="validation text prefix")
+    custom.add_argument("--test-prefix", required=True, help="test text prefix")
+    add_common_arguments(custom, src=None, tgt=None, vocab_size=8000)
+    custom.set_defaults(handler=command_custom)
+    return parser
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    try:
+        out_dir = args.handler(args)
+    except DataPrepError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
