@@ -118,77 +118,115 @@ class ParallelText:
                             join("model_tgt") if pretokenised else None)
 
 
-_moses_tokenizer = None
+# The text transformations applied before SentencePiece, by name (recorded in prepare.json).
+# Moses tokenisation comes before lower-casing: its rules for abbreviations ("Mr.") depend on case.
+TEXT_STEPS = ("apostrophe", "normalize-punctuation", "remove-non-printing", "moses", "lowercase")
+_line_function = None
 
 
-def _init_moses(lang):
-    global _moses_tokenizer
-    from sacremoses import MosesTokenizer
-    _moses_tokenizer = MosesTokenizer(lang=lang)
+def _make_line_function(steps, lang):
+    functions = []
+    for step in steps:
+        if step == "apostrophe":  # fairseq's IWSLT/WMT recipes map the typographic apostrophe in test sets
+            functions.append(lambda line: line.replace("\u2019", "'"))
+        elif step == "normalize-punctuation":
+            from sacremoses import MosesPunctNormalizer
+            functions.append(MosesPunctNormalizer(lang=lang).normalize)
+        elif step == "remove-non-printing":  # as Moses' remove-non-printing-char.perl
+            import regex
+            control = regex.compile(r"\p{C}")
+            functions.append(lambda line: control.sub(" ", line))
+        elif step == "moses":
+            from sacremoses import MosesTokenizer
+            tokenizer = MosesTokenizer(lang=lang)
+            # escape=False: SentencePiece handles any character, and "&amp;" would leak into the output.
+            functions.append(lambda line: tokenizer.tokenize(line, escape=False, return_str=True))
+        elif step == "lowercase":
+            functions.append(str.lower)
+        else:
+            raise ValueError(f"unknown text step {step!r} (known: {', '.join(TEXT_STEPS)})")
+
+    def apply(line):
+        for function in functions:
+            line = function(line)
+        return line
+    return apply
 
 
-def _moses_tokenize(line):
-    # escape=False: SentencePiece handles any character, and "&amp;" would leak into detokenised output.
-    return _moses_tokenizer.tokenize(line, escape=False, return_str=True)
+def _init_worker(steps, lang):
+    global _line_function
+    _line_function = _make_line_function(steps, lang)
 
 
-def map_lines(function: Callable, lines: list, workers: int, desc: str, initializer=None, initargs=()):
-    """`[function(line) for line in lines]` with a progress bar, in a worker pool for large inputs."""
+def _apply_line_function(line):
+    return _line_function(line)
+
+
+def model_text(lines: list, lang: str, steps, workers: int, desc: str) -> Optional[list]:
+    """`lines` after the named TEXT_STEPS (None when there are none: the model sees the raw text),
+    with a progress bar, in a worker pool for large inputs."""
+    steps = tuple(steps)
+    if not steps:
+        return None
+    desc = f"{desc}: {'+'.join(steps)}"
     if workers > 1 and len(lines) >= MIN_LINES_FOR_POOL:
-        with multiprocessing.get_context("fork").Pool(workers, initializer, initargs) as pool:
-            return list(tqdm(pool.imap(function, lines, chunksize=2000), total=len(lines), desc=desc,
-                             unit="line", mininterval=2))
-    if initializer is not None:
-        initializer(*initargs)
+        with multiprocessing.get_context("fork").Pool(workers, _init_worker, (steps, lang)) as pool:
+            return list(tqdm(pool.imap(_apply_line_function, lines, chunksize=2000), total=len(lines),
+                             desc=desc, unit="line", mininterval=2))
+    function = _make_line_function(steps, lang)
     return [function(line) for line in tqdm(lines, desc=desc, unit="line", mininterval=2)]
 
 
-def model_text(lines: list, lang: str, moses: bool, lowercase: bool, workers: int,
-               pre_replace: Optional[Callable] = None) -> Optional[list]:
-    """The text SentencePiece is trained on: Moses-tokenised first (its rules for abbreviations
-    depend on case), then lower-cased. None when neither is asked for (the model sees raw text)."""
-    if not (moses or lowercase or pre_replace):
-        return None
-    if pre_replace is not None:
-        lines = [pre_replace(line) for line in lines]
-    if moses:
-        lines = map_lines(_moses_tokenize, lines, workers, f"moses tokenise ({lang})", _init_moses, (lang,))
-    if lowercase:
-        lines = [line.lower() for line in lines]
-    return lines
+def text_steps(settings, *extra_first) -> tuple:
+    """The steps for a split: corpus-specific ones first, then --moses and --lowercase."""
+    return (*extra_first, *(["moses"] if settings.moses else []), *(["lowercase"] if settings.lowercase else []))
 
 
-def add_model_text(corpus: ParallelText, src: str, tgt: str, moses: bool, lowercase: bool, workers: int,
-                   pre_replace: Optional[Callable] = None) -> ParallelText:
-    corpus.text_src = model_text(corpus.raw_src, src, moses, lowercase, workers, pre_replace)
-    corpus.text_tgt = model_text(corpus.raw_tgt, tgt, moses, lowercase, workers, pre_replace)
+def add_model_text(corpus: ParallelText, settings, steps, desc: str) -> ParallelText:
+    corpus.text_src = model_text(corpus.raw_src, settings.src, steps, settings.workers, f"{desc}.{settings.src}")
+    corpus.text_tgt = model_text(corpus.raw_tgt, settings.tgt, steps, settings.workers, f"{desc}.{settings.tgt}")
     return corpus
 
 
 _SPACES = re.compile(r"\s+")
 
 
-def clean_by_length(corpus: ParallelText, min_tokens: int, max_tokens: int, max_ratio: float) -> ParallelText:
-    """Moses' clean-corpus-n.perl on the model text: '|' removed, whitespace squeezed, then pairs
-    dropped unless both sides have min..max tokens and neither is more than max_ratio times longer."""
+def clean_by_length(corpus: ParallelText, min_tokens: int, max_tokens: int, max_ratio: float,
+                    max_word_chars: int = 1000) -> ParallelText:
+    """Moses' clean-corpus-n.perl on the model text: whitespace squeezed, then a pair is kept only if
+    both sides have min..max tokens, neither is more than max_ratio times longer than the other,
+    and no token is longer than max_word_chars. ('|' is kept: tokenizer.perl escapes it, so the
+    original never sees one.) Model text is replaced by its squeezed form; raw text is untouched."""
     kept, text_src, text_tgt = [], [], []
     for index, (source, target) in enumerate(zip(corpus.model_src, corpus.model_tgt)):
-        source = _SPACES.sub(" ", source.replace("|", "")).strip()
-        target = _SPACES.sub(" ", target.replace("|", "")).strip()
-        source_count = len(source.split(" ")) if source else 0
-        target_count = len(target.split(" ")) if target else 0
+        source = _SPACES.sub(" ", source).strip()
+        target = _SPACES.sub(" ", target).strip()
+        if not source or not target:
+            continue
+        source_words, target_words = source.split(" "), target.split(" ")
+        source_count, target_count = len(source_words), len(target_words)
         if not (min_tokens <= source_count <= max_tokens and min_tokens <= target_count <= max_tokens):
             continue
         if source_count / target_count > max_ratio or target_count / source_count > max_ratio:
+            continue
+        if max(map(len, source_words)) > max_word_chars or max(map(len, target_words)) > max_word_chars:
             continue
         kept.append(index)
         text_src.append(source)
         text_tgt.append(target)
     cleaned = corpus.select(kept)
-    cleaned.text_src, cleaned.text_tgt = text_src, text_tgt
-    LOG.info("length cleaning (%d..%d tokens, ratio %.2f): kept %d of %d pairs",
+    if corpus.text_src is not None:
+        cleaned.text_src, cleaned.text_tgt = text_src, text_tgt
+    LOG.info("length cleaning (%d..%d tokens, ratio %g): kept %d of %d pairs",
              min_tokens, max_tokens, max_ratio, len(kept), len(corpus))
     return cleaned
+
+
+def every_nth(corpus: ParallelText, n: int):
+    """(the rest, every n-th pair counting from 1): awk 'NR % n == 0' as in fairseq's IWSLT recipe."""
+    held_out = set(range(n - 1, len(corpus), n))
+    return (corpus.select(i for i in range(len(corpus)) if i not in held_out),
+            corpus.select(sorted(held_out)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -303,8 +341,8 @@ def build_dataset(out_dir: Path, corpus_name: str, splits: dict, settings: Setti
     shutil.rmtree(work, ignore_errors=True)
     try:
         (work / "logs").mkdir(parents=True)
-        pretokenised = settings.moses or settings.lowercase or any(
-            part.text_src is not None for part in splits.values())
+        # tok/ holds the text SentencePiece sees whenever that differs from the raw text.
+        pretokenised = any(part.text_src is not None for part in splits.values())
         for split, corpus in splits.items():
             write_lines(work / RAW_DIR / f"{split}.{settings.src}", corpus.raw_src)
             write_lines(work / RAW_DIR / f"{split}.{settings.tgt}", corpus.raw_tgt)
@@ -331,7 +369,8 @@ def build_dataset(out_dir: Path, corpus_name: str, splits: dict, settings: Setti
             "lines": {split: len(corpus) for split, corpus in splits.items()},
             "references": {
                 "raw": f"{RAW_DIR}/test.{settings.tgt}",
-                "tokenised": f"{TOK_DIR}/test.{settings.tgt}" if pretokenised else None,
+                "tokenised": f"{TOK_DIR}/test.{settings.tgt}" if settings.moses or settings.lowercase else None,
+                "model_text": f"{TOK_DIR}/test.{settings.tgt}" if pretokenised else None,
                 # What a decoded hypothesis (spm decode) still needs before scoring against "raw".
                 "postprocess": (["moses-detokenise"] if settings.moses else [])
                                + (["compare-lowercased"] if settings.lowercase else []),
@@ -376,15 +415,18 @@ def _versions():
 # ----------------------------------------------------------------------------------------------
 # custom: any parallel corpus given as PREFIX.SRC / PREFIX.TGT text files
 
+def pair_lines(source: list, target: list, source_name, target_name) -> ParallelText:
+    if len(source) != len(target):
+        raise DataPrepError(f"line counts differ: {source_name} has {len(source)} lines, "
+                            f"{target_name} has {len(target)}")
+    if not source:
+        raise DataPrepError(f"empty corpus: {source_name} and {target_name} have no lines")
+    return ParallelText(source, target)
+
+
 def read_parallel(prefix: str, src: str, tgt: str) -> ParallelText:
     source_path, target_path = Path(f"{prefix}.{src}"), Path(f"{prefix}.{tgt}")
-    source, target = read_lines(source_path), read_lines(target_path)
-    if len(source) != len(target):
-        raise DataPrepError(f"line counts differ: {source_path} has {len(source)} lines, "
-                            f"{target_path} has {len(target)}")
-    if not source:
-        raise DataPrepError(f"empty corpus: {source_path} and {target_path} have no lines")
-    return ParallelText(source, target)
+    return pair_lines(read_lines(source_path), read_lines(target_path), source_path, target_path)
 
 
 def command_custom(args) -> Path:
@@ -405,8 +447,8 @@ def command_custom(args) -> Path:
     check_out_dir(args.out_dir)
     splits = {}
     for split, prefix in prefixes.items():
-        splits[split] = add_model_text(read_parallel(prefix, settings.src, settings.tgt), settings.src,
-                                       settings.tgt, settings.moses, settings.lowercase, settings.workers)
+        splits[split] = add_model_text(read_parallel(prefix, settings.src, settings.tgt), settings,
+                                       text_steps(settings), split)
     return build_dataset(args.out_dir, "custom", splits, settings, inputs, fingerprint)
 
 

@@ -119,7 +119,7 @@ def test_custom_moses_lowercase_outputs(custom_moses):
     assert record["lines"] == {"train": 30, "valid": 1, "test": 2}
     assert record["settings"]["moses"] is True and record["settings"]["lowercase"] is True
     assert record["settings"]["vocab_size"] == 60 and record["settings"]["model_type"] == "bpe"
-    assert record["references"] == {"raw": "raw/test.de", "tokenised": "tok/test.de",
+    assert record["references"] == {"raw": "raw/test.de", "tokenised": "tok/test.de", "model_text": "tok/test.de",
                                     "postprocess": ["moses-detokenise", "compare-lowercased"]}
     assert leftovers(out.parent) == []
 
@@ -216,11 +216,19 @@ def test_usage_on_h():
 
 def test_clean_by_length_matches_clean_corpus_n_rules():
     corpus = prepare.ParallelText(
-        raw_src=["a", "b", "c", "d", "e", "f"], raw_tgt=["A", "B", "C", "D", "E", "F"],
-        text_src=["one  two | three", "x", "", "1 2 3 4", "w " * 5, "p q"],
-        text_tgt=["uno dos tres", "x y", "z", "1 2", "W", "p | q"])
-    cleaned = prepare.clean_by_length(corpus, min_tokens=1, max_tokens=4, max_ratio=1.5)
-    # kept: 3 vs 3 tokens ('|' removed, spaces squeezed); 1 vs 2 is ratio 2 -> dropped; empty -> dropped;
-    # 4 vs 2 -> ratio 2 -> dropped; 5 tokens > max -> dropped; 2 vs 2 ('|' removed) kept.
+        raw_src=["a", "b", "c", "d", "e", "f", "g"], raw_tgt=["A", "B", "C", "D", "E", "F", "G"],
+        text_src=[" one  two\tthree ", "x", "", "1 2 3 4", "w " * 5, "p | q", "k"],
+        text_tgt=["uno dos tres", "x y", "z", "1 2", "W", "p q", "k" * 11])
+    cleaned = prepare.clean_by_length(corpus, min_tokens=1, max_tokens=4, max_ratio=1.5, max_word_chars=10)
+    # a: 3 vs 3 tokens after squeezing -> kept; b: 1 vs 2 is ratio 2 -> dropped; c: empty -> dropped;
+    # d: 4 vs 2 -> dropped; e: 5 tokens > max -> dropped; f: 3 vs 2 = ratio 1.5 -> kept ('|' is a token);
+    # g: an 11-character word -> dropped.
     assert cleaned.raw_src == ["a", "f"] and cleaned.raw_tgt == ["A", "F"]
-    assert cleaned.text_src == ["one two three", "p q"] and cleaned.text_tgt == ["uno dos tres", "p q"]
+    assert cleaned.text_src == ["one two three", "p | q"] and cleaned.text_tgt == ["uno dos tres", "p q"]
+
+
+def test_every_nth_matches_awk_nr_modulo():
+    corpus = prepare.ParallelText([str(i) for i in range(1, 51)], [f"t{i}" for i in range(1, 51)])
+    rest, held_out = prepare.every_nth(corpus, 23)
+    assert held_out.raw_src == ["23", "46"] and held_out.raw_tgt == ["t23", "t46"]
+    assert rest.raw_src == [str(i) for i in range(1, 51) if i % 23 != 0]
