@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -453,15 +454,313 @@ def command_custom(args) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------
+# Archives: downloaded once into --raw-dir, verified, read member by member without extracting
+
+@dataclass
+class Archive:
+    key: str        # names the --KEY-url flag
+    url: str
+    members: tuple  # paths inside the archive that the recipe reads
+
+    def local_name(self, url=None) -> str:
+        return Path(urllib.parse.urlparse(url or self.url).path).name
+
+
+def _open_archive(path: Path):
+    if path.name.endswith(".zip"):
+        import zipfile
+        return zipfile.ZipFile(path)
+    return tarfile.open(path, "r:*")
+
+
+def archive_members(path: Path) -> set:
+    with _open_archive(path) as archive:
+        names = archive.namelist() if hasattr(archive, "namelist") else archive.getnames()
+    return {name.lstrip("./") for name in names}
+
+
+def verify_archive(path: Path, members) -> Optional[str]:
+    """None when `path` opens and holds every member, else why not."""
+    try:
+        present = archive_members(path)
+    except Exception as error:  # any damage: truncated gzip, not a tar, ...
+        return f"cannot be opened ({type(error).__name__}: {error})"
+    missing = [member for member in members if member not in present]
+    return f"lacks {', '.join(missing)}" if missing else None
+
+
+def download(url: str, destination: Path) -> None:
+    partial = destination.with_name(destination.name + ".part")
+    LOG.info("downloading %s to %s", url, destination)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=destination.name) as progress:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    out.write(block)
+                    progress.update(len(block))
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise DataPrepError(f"download of {url} failed ({error}); put {destination.name} into "
+                            f"{destination.parent} yourself and run again") from None
+    partial.rename(destination)
+
+
+def ensure_archive(raw_dir: Path, archive: Archive, url: str, offline: bool) -> Path:
+    """The archive in raw_dir, downloaded first unless present; verified either way."""
+    path = raw_dir / archive.local_name(url)
+    if path.is_file():
+        LOG.info("using %s (already present; download skipped)", path)
+    elif offline:
+        raise DataPrepError(f"missing archive: {path} (--offline; download it from {url})")
+    else:
+        raw_dir.mkdir(parents=True, exist_ok=True)
+        download(url, path)
+    problem = verify_archive(path, archive.members)
+    if problem:
+        raise DataPrepError(f"archive {path} {problem}; delete it to download it again, or replace it")
+    return path
+
+
+def read_archive_members(path: Path, members) -> dict:
+    """{member: lines} for the wanted members, in one pass over the archive."""
+    wanted, found = set(members), {}
+    with _open_archive(path) as archive:
+        if hasattr(archive, "namelist"):
+            entries = ((name, lambda name=name: archive.read(name)) for name in archive.namelist())
+        else:
+            entries = ((info.name, lambda info=info: archive.extractfile(info).read())
+                       for info in archive if info.isfile())
+        for name, read in entries:
+            name = name.lstrip("./")
+            if name in wanted:
+                LOG.info("reading %s:%s", path.name, name)
+                found[name] = decode_lines(read(), f"{path}:{name}")
+                if len(found) == len(wanted):
+                    break
+    return found
+
+
+def fetch_archives(args, archives) -> tuple:
+    """({key: path}, inputs for prepare.json) for the corpus' archives, downloading what is missing."""
+    paths, inputs = {}, {}
+    for archive in archives:
+        url = getattr(args, f"{archive.key.replace('-', '_')}_url")
+        path = ensure_archive(args.raw_dir, archive, url, args.offline)
+        paths[archive.key] = path
+        inputs[archive.key] = {"path": str(path.resolve()), "url": url, "bytes": path.stat().st_size,
+                               "sha256": file_sha256(path)}
+    return paths, inputs
+
+
+# ----------------------------------------------------------------------------------------------
+# IWSLT TED talks (de-en.tgz of IWSLT14, fr-en.tgz of IWSLT17): train.tags.* and *.xml files
+
+_SEG = re.compile(r'<seg id="[0-9]*">\s*(.*?)\s*</seg>')
+
+
+def iwslt_train_lines(lines, drop_containing) -> list:
+    """The talks' text in a train.tags file: metadata lines dropped, <title>/<description> tags
+    stripped (their text is kept as a sentence, as in fairseq's recipes)."""
+    kept = []
+    for line in lines:
+        if any(marker in line for marker in drop_containing):
+            continue
+        for tag in ("title", "description"):
+            line = line.replace(f"<{tag}>", "").replace(f"</{tag}>", "")
+        kept.append(line.strip())
+    return kept
+
+
+def iwslt_xml_lines(lines) -> list:
+    """The <seg id="N"> contents of an IWSLT dev/test .xml file, in file order."""
+    return [_SEG.sub(r"\1", line).strip() for line in lines if "<seg id" in line]
+
+
+def iwslt_sets(texts, folder, prefix, sets, src, tgt, pair):
+    """ParallelText per named dev/test set (e.g. TED.tst2010) and its line count, in the given order."""
+    parts, counts = [], []
+    for name in sets:
+        source_member = f"{folder}/{prefix}.{name}.{pair}.{src}.xml"
+        target_member = f"{folder}/{prefix}.{name}.{pair}.{tgt}.xml"
+        part = pair_lines(iwslt_xml_lines(texts[source_member]), iwslt_xml_lines(texts[target_member]),
+                          source_member, target_member)
+        parts.append(part)
+        counts.append({"name": f"{prefix}.{name}", "lines": len(part)})
+    return parts, counts
+
+
+def iwslt_members(pair, prefix, sets):
+    folder = pair
+    languages = pair.split("-")
+    return tuple([f"{folder}/train.tags.{pair}.{lang}" for lang in languages]
+                 + [f"{folder}/{prefix}.{name}.{pair}.{lang}.xml" for name in sets for lang in languages])
+
+
+def check_direction(settings, pair):
+    if sorted((settings.src, settings.tgt)) != sorted(pair.split("-")):
+        raise DataPrepError(f"--src-lang/--tgt-lang must be the two languages of {pair} "
+                            f"(got {settings.src}, {settings.tgt})")
+
+
+def prepare_iwslt(args, *, corpus_name, pair, prefix, archive_key, default_url, drop_containing, valid_every, valid_sets,
+                  test_sets, apostrophe_in_tests) -> Path:
+    settings = settings_from_args(args, cleaning=cleaning_from_args(args), valid_sets=valid_sets,
+                                  test_sets=test_sets)
+    check_direction(settings, pair)
+    archive = Archive(archive_key, default_url, iwslt_members(pair, prefix, [*valid_sets, *test_sets]))
+    paths, inputs = fetch_archives(args, [archive])
+    fingerprint = make_fingerprint(corpus_name, settings, inputs)
+    if not args.force and up_to_date(args.out_dir, fingerprint):
+        LOG.info("%s is up to date with these inputs and settings; nothing to do (--force rebuilds)", args.out_dir)
+        return args.out_dir
+    check_out_dir(args.out_dir)
+    texts = read_archive_members(paths[archive_key], archive.members)
+    src, tgt = settings.src, settings.tgt
+    train_src, train_tgt = (f"{pair}/train.tags.{pair}.{lang}" for lang in (src, tgt))
+    train = pair_lines(iwslt_train_lines(texts[train_src], drop_containing),
+                       iwslt_train_lines(texts[train_tgt], drop_containing),
+                       f"{paths[archive_key]}:{train_src}", f"{paths[archive_key]}:{train_tgt}")
+    train_steps = text_steps(settings)
+    test_steps = text_steps(settings, *(["apostrophe"] if apostrophe_in_tests else []))
+    train = add_model_text(train, settings, train_steps, "train")
+    train = clean_by_length(train, *settings.extra["cleaning"])
+    if valid_every:
+        train, valid = every_nth(train, valid_every)
+        valid_counts = [{"name": f"every {valid_every}th cleaned training pair", "lines": len(valid)}]
+    else:
+        valid_parts, valid_counts = iwslt_sets(texts, pair, prefix, valid_sets, src, tgt, pair)
+        valid = add_model_text(ParallelText.concatenate(valid_parts), settings, test_steps, "valid")
+    test_parts, test_counts = iwslt_sets(texts, pair, prefix, test_sets, src, tgt, pair)
+    test = add_model_text(ParallelText.concatenate(test_parts), settings, test_steps, "test")
+    notes = {"splits": {"valid": valid_counts, "test": test_counts},
+             "text_steps": {"train": list(train_steps), "valid": list(train_steps if valid_every else test_steps),
+                            "test": list(test_steps)}}
+    return build_dataset(args.out_dir, corpus_name, {"train": train, "valid": valid, "test": test},
+                         settings, inputs, fingerprint, notes)
+
+
+IWSLT14_URL = "http://dl.fbaipublicfiles.com/fairseq/data/iwslt14/de-en.tgz"
+IWSLT17_URL = "https://wit3.fbk.eu/archive/2017-01-trnted/texts/fr/en/fr-en.tgz"
+IWSLT14_TESTS = ("TED.dev2010", "TEDX.dev2012", "TED.tst2010", "TED.tst2011", "TED.tst2012")
+IWSLT17_VALID = ("TED.dev2010",)
+IWSLT17_TESTS = ("TED.tst2010", "TED.tst2011", "TED.tst2012", "TED.tst2013", "TED.tst2014", "TED.tst2015")
+
+
+def command_iwslt14(args) -> Path:
+    # fairseq's prepare-iwslt14.sh: valid is every 23rd cleaned training pair, test is five TED sets.
+    return prepare_iwslt(args, corpus_name="iwslt14-de-en", pair="de-en", prefix="IWSLT14", archive_key="iwslt14",
+                         default_url=IWSLT14_URL,
+                         drop_containing=("<url>", "<talkid>", "<keywords>"), valid_every=23, valid_sets=(),
+                         test_sets=IWSLT14_TESTS, apostrophe_in_tests=True)
+
+
+def command_iwslt17(args) -> Path:
+    # Metadata lines as in fairseq's prepare-iwslt17-multilingual.sh (the 2017 release has more kinds).
+    return prepare_iwslt(args, corpus_name="iwslt17-fr-en", pair="fr-en", prefix="IWSLT17", archive_key="iwslt17",
+                         default_url=IWSLT17_URL,
+                         drop_containing=("<url>", "<talkid>", "<keywords>", "<speaker>", "<reviewer",
+                                          "<translator", "<doc", "</doc>"),
+                         valid_every=0, valid_sets=tuple(args.valid_sets), test_sets=tuple(args.test_sets),
+                         apostrophe_in_tests=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# WMT14 English-German: the archives and members of fairseq's prepare-wmt14en2de.sh
+
+WMT14_ARCHIVES = (
+    Archive("europarl", "http://statmt.org/wmt13/training-parallel-europarl-v7.tgz",
+            ("training/europarl-v7.de-en.de", "training/europarl-v7.de-en.en")),
+    Archive("commoncrawl", "http://statmt.org/wmt13/training-parallel-commoncrawl.tgz",
+            ("commoncrawl.de-en.de", "commoncrawl.de-en.en")),
+    Archive("news-commentary", "http://data.statmt.org/wmt17/translation-task/training-parallel-nc-v12.tgz",
+            ("training/news-commentary-v12.de-en.de", "training/news-commentary-v12.de-en.en")),
+    Archive("dev", "http://data.statmt.org/wmt17/translation-task/dev.tgz",
+            ("dev/newstest2013.de", "dev/newstest2013.en")),
+    Archive("test", "http://statmt.org/wmt14/test-full.tgz",
+            ("test-full/newstest2014-deen-src.de.sgm", "test-full/newstest2014-deen-ref.de.sgm",
+             "test-full/newstest2014-deen-src.en.sgm", "test-full/newstest2014-deen-ref.en.sgm")),
+)
+
+
+def command_wmt14(args) -> Path:
+    settings = settings_from_args(args, cleaning=cleaning_from_args(args))
+    check_direction(settings, "en-de")
+    src, tgt = settings.src, settings.tgt
+    paths, inputs = fetch_archives(args, WMT14_ARCHIVES)
+    fingerprint = make_fingerprint("wmt14-en-de", settings, inputs)
+    if not args.force and up_to_date(args.out_dir, fingerprint):
+        LOG.info("%s is up to date with these inputs and settings; nothing to do (--force rebuilds)", args.out_dir)
+        return args.out_dir
+    check_out_dir(args.out_dir)
+
+    def read_pair(archive, source_member, target_member):
+        texts = read_archive_members(paths[archive.key], (source_member, target_member))
+        return pair_lines(texts[source_member], texts[target_member], f"{paths[archive.key]}:{source_member}",
+                          f"{paths[archive.key]}:{target_member}")
+
+    europarl, commoncrawl, news_commentary, dev, test_archive = WMT14_ARCHIVES
+    train_parts, train_counts = [], []
+    for archive in (europarl, commoncrawl, news_commentary):
+        stem = archive.members[0].rsplit(".", 1)[0]
+        part = read_pair(archive, f"{stem}.{src}", f"{stem}.{tgt}")
+        train_parts.append(part)
+        train_counts.append({"name": stem, "lines": len(part)})
+    # SentencePiece reads raw text, so only Moses' normalisation is applied (tokenising only with --moses).
+    steps = text_steps(settings, "normalize-punctuation", "remove-non-printing")
+    test_steps = text_steps(settings, "apostrophe", "normalize-punctuation", "remove-non-printing")
+    train = add_model_text(ParallelText.concatenate(train_parts), settings, steps, "train")
+    train = clean_by_length(train, *settings.extra["cleaning"])
+    valid = add_model_text(read_pair(dev, f"dev/newstest2013.{src}", f"dev/newstest2013.{tgt}"),
+                           settings, steps, "valid")
+    source_member, target_member = (f"test-full/newstest2014-deen-{kind}.{lang}.sgm"
+                                    for kind, lang in (("src", src), ("ref", tgt)))
+    test_texts = read_archive_members(paths[test_archive.key], (source_member, target_member))
+    test = pair_lines(iwslt_xml_lines(test_texts[source_member]), iwslt_xml_lines(test_texts[target_member]),
+                      f"{paths[test_archive.key]}:{source_member}", f"{paths[test_archive.key]}:{target_member}")
+    test = add_model_text(test, settings, test_steps, "test")
+    notes = {"splits": {"train": train_counts, "valid": [{"name": "newstest2013", "lines": len(valid)}],
+                        "test": [{"name": "newstest2014 (full)", "lines": len(test)}]},
+             "text_steps": {"train": list(steps), "valid": list(steps), "test": list(test_steps)}}
+    return build_dataset(args.out_dir, "wmt14-en-de", {"train": train, "valid": valid, "test": test},
+                         settings, inputs, fingerprint, notes)
+
+
+# ----------------------------------------------------------------------------------------------
 # Command line
 
-def settings_from_args(args) -> Settings:
+def settings_from_args(args, **extra) -> Settings:
     settings = Settings(src=args.src_lang, tgt=args.tgt_lang, vocab_size=args.vocab_size,
                         model_type=args.model_type, lowercase=args.lowercase, moses=args.moses,
                         workers=args.workers, character_coverage=args.character_coverage,
-                        spm_sentences=args.spm_sentences, seed=args.seed)
+                        spm_sentences=args.spm_sentences, seed=args.seed, extra=extra)
     settings.validate()
     return settings
+
+
+def cleaning_from_args(args) -> tuple:
+    if not 1 <= args.min_tokens <= args.max_tokens:
+        raise DataPrepError(f"need 1 <= --min-tokens <= --max-tokens (got {args.min_tokens}, {args.max_tokens})")
+    if args.max_ratio < 1:
+        raise DataPrepError(f"--max-ratio must be at least 1 (got {args.max_ratio})")
+    return (args.min_tokens, args.max_tokens, args.max_ratio)
+
+
+def add_corpus_arguments(parser, archives, *, min_tokens, max_tokens, max_ratio):
+    parser.add_argument("--raw-dir", type=Path, default=Path("data/downloads"),
+                        help="where the downloaded archives are kept; put archives you already have here to "
+                             "run offline (default data/downloads)")
+    parser.add_argument("--offline", action="store_true",
+                        help="never download: fail naming the archive when it is not in --raw-dir")
+    for archive in archives:
+        parser.add_argument(f"--{archive.key}-url", default=archive.url,
+                            help=f"download URL; the archive is --raw-dir/<its file name> (default {archive.url})")
+    parser.add_argument("--min-tokens", type=int, default=min_tokens,
+                        help=f"training-pair cleaning: fewest tokens per side (default {min_tokens})")
+    parser.add_argument("--max-tokens", type=int, default=max_tokens,
+                        help=f"training-pair cleaning: most tokens per side (default {max_tokens})")
+    parser.add_argument("--max-ratio", type=float, default=max_ratio,
+                        help=f"training-pair cleaning: longest/shortest side token ratio (default {max_ratio})")
 
 
 def add_common_arguments(parser, *, src, tgt, vocab_size, lowercase=False, moses=False, out_dir=None):
@@ -509,6 +808,42 @@ def build_parser() -> argparse.ArgumentParser:
     custom.add_argument("--test-prefix", required=True, help="test text prefix")
     add_common_arguments(custom, src=None, tgt=None, vocab_size=8000)
     custom.set_defaults(handler=command_custom)
+
+    iwslt14 = commands.add_parser(
+        "iwslt14-de-en", help="IWSLT14 German-English TED talks (fairseq's recipe, SentencePiece)",
+        description="IWSLT14 de-en as in fairseq's prepare-iwslt14.sh: XML stripped, Moses-tokenised, "
+                    "lower-cased, training pairs cleaned (1..175 tokens, ratio 1.5), valid = every 23rd "
+                    "cleaned training pair, test = TED.dev2010 + TEDX.dev2012 + TED.tst2010-2012; then a joint "
+                    "SentencePiece model and fairseq-preprocess --joined-dictionary.")
+    add_common_arguments(iwslt14, src="de", tgt="en", vocab_size=10000, lowercase=True, moses=True,
+                         out_dir=Path("data/iwslt14.de-en"))
+    add_corpus_arguments(iwslt14, [Archive("iwslt14", IWSLT14_URL, ())], min_tokens=1, max_tokens=175,
+                         max_ratio=1.5)
+    iwslt14.set_defaults(handler=command_iwslt14)
+
+    iwslt17 = commands.add_parser(
+        "iwslt17-fr-en", help="IWSLT17 French-English TED talks (cased, SentencePiece 16k)",
+        description="IWSLT17 fr-en: XML stripped, cased raw text (no Moses unless --moses), training pairs "
+                    "with 1..250 words kept, valid = TED.dev2010, test = TED.tst2010-2015 concatenated in "
+                    "order (prepare.json lists each set's line count); joint SentencePiece, fairseq-preprocess.")
+    add_common_arguments(iwslt17, src="fr", tgt="en", vocab_size=16000, out_dir=Path("data/iwslt17.fr-en"))
+    add_corpus_arguments(iwslt17, [Archive("iwslt17", IWSLT17_URL, ())], min_tokens=1, max_tokens=250,
+                         max_ratio=9.0)
+    iwslt17.add_argument("--valid-sets", nargs="+", default=list(IWSLT17_VALID),
+                         help=f"dev/test sets (IWSLT17.<SET>.fr-en.*.xml) forming valid (default {' '.join(IWSLT17_VALID)})")
+    iwslt17.add_argument("--test-sets", nargs="+", default=list(IWSLT17_TESTS),
+                         help=f"sets forming test, concatenated in this order (default {' '.join(IWSLT17_TESTS)})")
+    iwslt17.set_defaults(handler=command_iwslt17)
+
+    wmt14 = commands.add_parser(
+        "wmt14-en-de", help="WMT14 English-German (europarl v7, commoncrawl, news-commentary v12; SentencePiece 32k)",
+        description="WMT14 en-de with the archives of fairseq's prepare-wmt14en2de.sh: train = europarl v7 + "
+                    "commoncrawl + news-commentary v12 (Moses punctuation normalisation, non-printing characters "
+                    "removed, pairs cleaned to 1..250 words, ratio 1.5), valid = newstest2013, test = "
+                    "newstest2014 (full, from the sgm files); joint SentencePiece on cased raw text.")
+    add_common_arguments(wmt14, src="en", tgt="de", vocab_size=32000, out_dir=Path("data/wmt14.en-de"))
+    add_corpus_arguments(wmt14, WMT14_ARCHIVES, min_tokens=1, max_tokens=250, max_ratio=1.5)
+    wmt14.set_defaults(handler=command_wmt14)
     return parser
 
 

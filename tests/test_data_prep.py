@@ -232,3 +232,156 @@ def test_every_nth_matches_awk_nr_modulo():
     rest, held_out = prepare.every_nth(corpus, 23)
     assert held_out.raw_src == ["23", "46"] and held_out.raw_tgt == ["t23", "t46"]
     assert rest.raw_src == [str(i) for i in range(1, 51) if i % 23 != 0]
+
+
+# ------------------------------------------------------------------------------------------------
+# Archives laid out like the real downloads
+
+import io
+import tarfile
+
+
+def make_tgz(path: Path, members: dict):
+    """A gzip-compressed tar with {member path: lines}, like the real .tgz downloads."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as archive:
+        for name, lines in members.items():
+            data = "".join(line + "\n" for line in lines).encode("utf-8")
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def words(n, offset=0, cap=False):
+    vocabulary = ["haus", "baum", "katze", "hund", "wasser", "licht", "stein", "vogel"]
+    chosen = [vocabulary[(offset + i) % len(vocabulary)] for i in range(n)]
+    return [w.capitalize() if cap and i == 0 else w for i, w in enumerate(chosen)]
+
+
+def talk_pairs(count, seed):
+    """(de, en, kept-by-cleaning) sentence pairs for train.tags: mostly clean, with some that
+    clean-corpus-n must drop: empty, over 175 tokens, token ratio over 1.5."""
+    pairs = []
+    for i in range(count):
+        n = 3 + (i + seed) % 6
+        de = " ".join(words(n, i, cap=True)) + "."
+        en = " ".join(w.upper() for w in words(n, i + 1)) + "."
+        pairs.append((de, en, True))
+        if i % 9 == 4:
+            pairs.append(("Ja.", "Yes yes yes yes.", False))        # 2 vs 5 tokens
+        if i % 11 == 6:
+            pairs.append(("Ja ja.", "Yes yes yes.", True))         # 3 vs 4 tokens: ratio 1.33, kept
+        if i % 13 == 7:
+            long = " ".join(words(180, i))
+            pairs.append((long, long, False))                       # 180 tokens > 175
+    return pairs
+
+
+def iwslt_train(pairs, talks, lang, extra_meta=()):
+    """train.tags.* lines: per talk the metadata lines, then its sentences (de side or en side)."""
+    lines, per_talk = [], len(pairs) // talks + 1
+    for talk in range(talks):
+        lines += [f"<url>http://www.ted.com/talks/talk_{talk}.html</url>",
+                  f"<keywords>talks, topic{talk}</keywords>", *[m.format(talk=talk) for m in extra_meta],
+                  f"<talkid>{talk}</talkid>",
+                  f"<title>Title {talk} {lang.upper()}</title>",
+                  f"<description>TED Talk Subtitles and Transcript: about {talk} {lang}</description>"]
+        for de, en, _ in pairs[talk * per_talk:(talk + 1) * per_talk]:
+            lines.append(de if lang == "de" else en)
+    return lines
+
+
+def iwslt_meta_pairs(talks, pairs):
+    """The sentence pairs as the recipe sees them: title and description lines are sentences too."""
+    out, per_talk = [], len(pairs) // talks + 1
+    for talk in range(talks):
+        out.append((f"Title {talk} DE", f"Title {talk} EN", True))
+        out.append((f"TED Talk Subtitles and Transcript: about {talk} de",
+                    f"TED Talk Subtitles and Transcript: about {talk} en", True))
+        out += pairs[talk * per_talk:(talk + 1) * per_talk]
+    return out
+
+
+def iwslt_xml(lines, setid, lang):
+    return ['<?xml version="1.0" encoding="UTF-8"?>', "<mteval>",
+            f'<srcset setid="{setid}" srclang="{lang}">', '<doc docid="1" genre="lectures">',
+            "<url>http://www.ted.com/talks/x.html</url>", "<talkid>1</talkid>", "<title>Not a sentence</title>",
+            *[f'<seg id="{i + 1}"> {line} </seg>' for i, line in enumerate(lines)],
+            "</doc>", "</srcset>", "</mteval>"]
+
+
+def xml_set(name, count, apostrophe):
+    label = name.replace(".", " ")
+    de = [f"Satz {i} aus {label}." for i in range(count)]
+    en = [(f"It\u2019s sentence {i} of {label}." if apostrophe and i == 0 else f"Sentence {i} of {label}.")
+          for i in range(count)]
+    return de, en
+
+
+IWSLT14_SETS = ["TED.dev2010", "TEDX.dev2012", "TED.tst2010", "TED.tst2011", "TED.tst2012"]
+
+
+@pytest.fixture(scope="module")
+def iwslt14_archive(tmp_path_factory):
+    root = tmp_path_factory.mktemp("iwslt14")
+    pairs = talk_pairs(60, seed=0)
+    members = {"de-en/train.tags.de-en.de": iwslt_train(pairs, 3, "de"),
+               "de-en/train.tags.de-en.en": iwslt_train(pairs, 3, "en")}
+    sets = {}
+    for index, name in enumerate(IWSLT14_SETS):
+        de, en = xml_set(name, 2 + index, apostrophe=True)
+        sets[name] = (de, en)
+        members[f"de-en/IWSLT14.{name}.de-en.de.xml"] = iwslt_xml(de, name, "german")
+        members[f"de-en/IWSLT14.{name}.de-en.en.xml"] = iwslt_xml(en, name, "english")
+    archive = make_tgz(root / "mirror" / "de-en.tgz", members)
+    return root, archive, iwslt_meta_pairs(3, pairs), sets
+
+
+def moses_like(line, lang):
+    """The tokenisation of the fixture sentences, written out: final '.', ',' and ':' split off,
+    "’s"/"'s" split in English."""
+    line = line.replace("\u2019", "'")
+    for mark in (".", ",", ":"):
+        line = line.replace(mark, f" {mark}")
+    return line.replace("'s", " 's") if lang == "en" else line
+
+
+@pytest.mark.slow
+def test_iwslt14_offline_layout_cleaning_split_and_test_order(iwslt14_archive, tmp_path):
+    root, archive, pairs, sets = iwslt14_archive
+    raw_dir, out = tmp_path / "downloads", tmp_path / "iwslt14"
+    # A file:// URL exercises the download path without any network.
+    run_script("prepare_iwslt14_de_en.sh", "--raw-dir", raw_dir, "--out-dir", out, "--vocab-size", "120",
+               "--workers", "1", "--iwslt14-url", archive.as_uri())
+    assert (raw_dir / "de-en.tgz").read_bytes() == archive.read_bytes()
+
+    kept = [(de, en) for de, en, keep in pairs if keep]
+    assert len(kept) < len(pairs)  # the fixture does exercise the cleaning
+    expected_valid = kept[22::23]
+    expected_train = [pair for i, pair in enumerate(kept) if (i + 1) % 23 != 0]
+    assert read(out / "raw" / "valid.de") == [de for de, _ in expected_valid]
+    assert read(out / "raw" / "valid.en") == [en for _, en in expected_valid]
+    assert read(out / "raw" / "train.de") == [de for de, _ in expected_train]
+    assert read(out / "raw" / "train.en") == [en for _, en in expected_train]
+    assert read(out / "tok" / "train.en") == [moses_like(en, "en").lower() for _, en in expected_train]
+    assert read(out / "tok" / "train.de") == [moses_like(de, "de").lower() for de, _ in expected_train]
+    assert not any("<" in line for line in read(out / "raw" / "train.de") + read(out / "raw" / "test.en"))
+
+    # test = dev2010, TEDX.dev2012, tst2010, tst2011, tst2012; raw keeps ’, tok maps it to '.
+    expected_test_en = [line for name in IWSLT14_SETS for line in sets[name][1]]
+    expected_test_de = [line for name in IWSLT14_SETS for line in sets[name][0]]
+    assert read(out / "raw" / "test.en") == expected_test_en
+    assert read(out / "raw" / "test.de") == expected_test_de
+    assert read(out / "tok" / "test.en") == [moses_like(line, "en").lower() for line in expected_test_en]
+    assert read(out / "tok" / "test.en")[0] == "it 's sentence 0 of ted dev2010 ."
+
+    assert_sentencepiece_consistent(out, "tok", "de", "en", splits=("train",))
+    assert_fairseq_bin(out / "bin", "de", "en", {"train": len(expected_train), "valid": len(expected_valid),
+                                                "test": len(expected_test_en)})
+    record = json.loads((out / "prepare.json").read_text())
+    assert record["corpus"] == "iwslt14-de-en" and record["settings"]["lowercase"] is True
+    assert [s["name"] for s in record["splits"]["test"]] == [f"IWSLT14.{n}" for n in IWSLT14_SETS]
+    assert [s["lines"] for s in record["splits"]["test"]] == [2, 3, 4, 5, 6]
+    assert record["text_steps"]["test"] == ["apostrophe", "moses", "lowercase"]
+    assert leftovers(tmp_path) == []
