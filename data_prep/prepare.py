@@ -476,7 +476,7 @@ def _open_archive(path: Path):
 def archive_members(path: Path) -> set:
     with _open_archive(path) as archive:
         names = archive.namelist() if hasattr(archive, "namelist") else archive.getnames()
-    return {name.lstrip("./") for name in names}
+    return {name.removeprefix("./") for name in names}
 
 
 def verify_archive(path: Path, members) -> Optional[str]:
@@ -532,7 +532,7 @@ def read_archive_members(path: Path, members) -> dict:
             entries = ((info.name, lambda info=info: archive.extractfile(info).read())
                        for info in archive if info.isfile())
         for name, read in entries:
-            name = name.lstrip("./")
+            name = name.removeprefix("./")
             if name in wanted:
                 LOG.info("reading %s:%s", path.name, name)
                 found[name] = decode_lines(read(), f"{path}:{name}")
