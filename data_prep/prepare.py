@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 LOG = logging.getLogger("data_prep")
 SPLITS = ("train", "valid", "test")
-# Files under `pieces_dir` are what fairseq-preprocess reads; keep them for inspection and re-binarising.
+# Output sub-directories: raw references, text as SentencePiece saw it, pieces, fairseq binaries.
 RAW_DIR, TOK_DIR, PIECES_DIR, BIN_DIR = "raw", "tok", "spm", "bin"
 # Below this many lines a worker pool costs more than it saves.
 MIN_LINES_FOR_POOL = 20000
@@ -282,7 +282,9 @@ def up_to_date(out_dir: Path, fingerprint: str) -> bool:
 
 def make_fingerprint(corpus_name: str, settings: Settings, inputs: dict) -> str:
     """Identifies a build: the same inputs (by content) and settings give the same output."""
-    payload = json.dumps({"corpus": corpus_name, "settings": settings.as_dict(),
+    # --workers changes speed, not output, so it does not force a rebuild.
+    relevant = {key: value for key, value in settings.as_dict().items() if key != "workers"}
+    payload = json.dumps({"corpus": corpus_name, "settings": relevant,
                           "inputs": {name: info.get("sha256") for name, info in inputs.items()}}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -337,6 +339,8 @@ def build_dataset(out_dir: Path, corpus_name: str, splits: dict, settings: Setti
         if len(splits[split]) == 0:
             raise DataPrepError(f"empty corpus: the {split} split has no sentence pairs")
     started = time.time()
+    LOG.info("building %s (%s) with %s; pairs: %s", out_dir, corpus_name, settings.as_dict(),
+             ", ".join(f"{split} {len(corpus)}" for split, corpus in splits.items()))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
