@@ -799,8 +799,13 @@ def add_common_arguments(parser, *, src, tgt, vocab_size, lowercase=False, moses
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m data_prep.prepare", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # The shell entry points set this so that usage text names the script the user ran.
+    script = os.environ.get("DATA_PREP_SCRIPT")
 
-    custom = commands.add_parser(
+    def add_command(name, **kwargs):
+        return commands.add_parser(name, **({"prog": script} if script else {}), **kwargs)
+
+    custom = add_command(
         "custom", help="any parallel corpus given as PREFIX.SRC / PREFIX.TGT text files",
         description="Prepares a parallel corpus from raw text files PREFIX.SRC / PREFIX.TGT (one sentence "
                     "per line) for train, valid and test. Writes OUT/spm.model, OUT/spm.vocab, "
@@ -813,7 +818,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_arguments(custom, src=None, tgt=None, vocab_size=8000)
     custom.set_defaults(handler=command_custom)
 
-    iwslt14 = commands.add_parser(
+    iwslt14 = add_command(
         "iwslt14-de-en", help="IWSLT14 German-English TED talks (fairseq's recipe, SentencePiece)",
         description="IWSLT14 de-en as in fairseq's prepare-iwslt14.sh: XML stripped, Moses-tokenised, "
                     "lower-cased, training pairs cleaned (1..175 tokens, ratio 1.5), valid = every 23rd "
@@ -825,7 +830,7 @@ def build_parser() -> argparse.ArgumentParser:
                          max_ratio=1.5)
     iwslt14.set_defaults(handler=command_iwslt14)
 
-    iwslt17 = commands.add_parser(
+    iwslt17 = add_command(
         "iwslt17-fr-en", help="IWSLT17 French-English TED talks (cased, SentencePiece 16k)",
         description="IWSLT17 fr-en: XML stripped, cased raw text (no Moses unless --moses), training pairs "
                     "with 1..250 words kept, valid = TED.dev2010, test = TED.tst2010-2015 concatenated in "
@@ -839,7 +844,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"sets forming test, concatenated in this order (default {' '.join(IWSLT17_TESTS)})")
     iwslt17.set_defaults(handler=command_iwslt17)
 
-    wmt14 = commands.add_parser(
+    wmt14 = add_command(
         "wmt14-en-de", help="WMT14 English-German (europarl v7, commoncrawl, news-commentary v12; SentencePiece 32k)",
         description="WMT14 en-de with the archives of fairseq's prepare-wmt14en2de.sh: train = europarl v7 + "
                     "commoncrawl + news-commentary v12 (Moses punctuation normalisation, non-printing characters "

@@ -544,3 +544,43 @@ def test_worker_pool_gives_the_same_text_as_one_process(monkeypatch):
     assert prepare.model_text(lines, "en", steps, workers=2, desc="pool") == single
     # Moses for English: the comma moves inside the quotes, "isn't" -> "isn 't", "Mr." stays whole.
     assert single[0] == "mr. smith 's 0th \" test , \" isn 't it ?"
+
+
+def test_iwslt_text_extraction_rules():
+    train = ["<url>http://www.ted.com/talks/a.html</url>", "<keywords>talks, art</keywords>",
+             "<speaker>Jane Doe</speaker>", "<talkid>7</talkid>", "<title>A Title</title>",
+             "<description>TED Talk: about art</description>", "  First sentence.  ", "Second one."]
+    assert prepare.iwslt_train_lines(train, ("<url>", "<talkid>", "<keywords>")) == [
+        "<speaker>Jane Doe</speaker>", "A Title", "TED Talk: about art", "First sentence.", "Second one."]
+    assert prepare.iwslt_train_lines(train, ("<url>", "<talkid>", "<keywords>", "<speaker>")) == [
+        "A Title", "TED Talk: about art", "First sentence.", "Second one."]
+    xml = ['<doc docid="1">', "<title>Not this</title>", '<seg id="1"> Hello  there. </seg>',
+           '<seg id="12">It\u2019s &amp; more.</seg>', "</doc>"]
+    assert prepare.iwslt_xml_lines(xml) == ["Hello  there.", "It\u2019s &amp; more."]
+
+
+def test_zip_archives_are_verified_and_read_like_tarballs(tmp_path):
+    import zipfile
+    path = tmp_path / "fr-en.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("fr-en/train.tags.fr-en.fr", "un\ndeux\n")
+        archive.writestr("fr-en/train.tags.fr-en.en", "one\ntwo\n")
+    assert prepare.verify_archive(path, ["fr-en/train.tags.fr-en.fr"]) is None
+    assert prepare.verify_archive(path, ["fr-en/missing"]) == "lacks fr-en/missing"
+    assert prepare.read_archive_members(path, ["fr-en/train.tags.fr-en.en"]) == {
+        "fr-en/train.tags.fr-en.en": ["one", "two"]}
+    tgz = make_tgz(tmp_path / "x.tgz", {"a/b.txt": ["é", "ü"]})
+    assert prepare.read_archive_members(tgz, ["a/b.txt"]) == {"a/b.txt": ["é", "ü"]}
+    (tmp_path / "bad.tgz").write_bytes(b"not a tarball")
+    assert prepare.verify_archive(tmp_path / "bad.tgz", ["a"]).startswith("cannot be opened")
+
+
+def test_invalid_utf8_inside_an_archive_names_member_and_line(tmp_path):
+    path = tmp_path / "x.tgz"
+    with tarfile.open(path, "w:gz") as archive:
+        data = b"fine\nalso fine\nbroken \xe9 here\n"
+        info = tarfile.TarInfo("de-en/train.tags.de-en.de")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    with pytest.raises(prepare.DataPrepError, match=r"x\.tgz:de-en/train\.tags\.de-en\.de: line 3: invalid UTF-8"):
+        prepare.read_archive_members(path, ["de-en/train.tags.de-en.de"])
