@@ -366,7 +366,7 @@ def build_dataset(out_dir: Path, corpus_name: str, splits: dict, settings: Setti
         dictionary_size = sum(1 for _ in open(work / BIN_DIR / f"dict.{settings.src}.txt", encoding="utf-8"))
         record = {
             "corpus": corpus_name,
-            "command": [sys.argv[0], *sys.argv[1:]],
+            "command": _command_line(),
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "seconds": round(time.time() - started, 1),
             "settings": settings.as_dict(),
@@ -404,6 +404,12 @@ def _replace_dir(new: Path, target: Path) -> None:
         target.rename(old)
     new.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _command_line():
+    """How the user ran it: the shell entry point (which supplies the subcommand) or the module."""
+    script = os.environ.get("DATA_PREP_SCRIPT")
+    return [script, *sys.argv[2:]] if script else [sys.argv[0], *sys.argv[1:]]
 
 
 def _versions():

@@ -117,6 +117,7 @@ def test_custom_moses_lowercase_outputs(custom_moses):
     assert (out / "spm.vocab").is_file()
     record = json.loads((out / "prepare.json").read_text())
     assert record["lines"] == {"train": 30, "valid": 1, "test": 2}
+    assert record["command"][0].endswith("prepare_custom.sh") and record["command"][1:3] == ["--src-lang", "en"]
     assert record["settings"]["moses"] is True and record["settings"]["lowercase"] is True
     assert record["settings"]["vocab_size"] == 60 and record["settings"]["model_type"] == "bpe"
     assert record["references"] == {"raw": "raw/test.de", "tokenised": "tok/test.de", "model_text": "tok/test.de",
