@@ -16,15 +16,17 @@ import torch
 from fairseq import checkpoint_utils
 from fairseq.file_io import PathManager
 
-# What fairseq checkpoints hold beyond tensors and builtins: the command-line args, and numpy
-# scalars where a best-metric value (a BLEU, say) was a numpy float.
+# What fairseq checkpoints hold beyond tensors and builtins: the command-line args; numpy scalars
+# where a best-metric value (a BLEU, say) was a numpy float; and numpy arrays, which the translation
+# task's --eval-bleu meters keep in the saved metrics state. Array elements are unpickled by the
+# same restricted unpickler, so none of these can run code.
 FAIRSEQ_CHECKPOINT_GLOBALS = [
     argparse.Namespace,
     np.dtype,
-    np.dtypes.Float64DType,
-    np.dtypes.Float32DType,
-    np.dtypes.Int64DType,
+    np.ndarray,
+    np._core.multiarray._reconstruct,
     np._core.multiarray.scalar,
+    *(type(np.dtype(name)) for name in ("float64", "float32", "float16", "int64", "int32", "bool")),
 ]
 
 

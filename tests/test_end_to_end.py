@@ -156,3 +156,17 @@ def test_checkpoint_copies_never_leave_a_half_written_file(tmp_path, monkeypatch
     monkeypatch.undo()
     assert PathManager.copy(str(source), str(last), overwrite=True)
     assert last.read_bytes() == source.read_bytes()
+
+
+def test_numpy_values_fairseq_keeps_in_checkpoints_load_weights_only(tmp_path):
+    import numpy as np
+
+    import fairseq_plugins  # noqa: F401
+
+    path = tmp_path / "checkpoint_best.pt"
+    saved = {"extra_state": {"metrics": {"_bleu_counts": np.array([3, 2, 1, 0]), "best": np.float64(27.5),
+                                         "ratio": np.float32(0.5), "n": np.int64(7)}}}
+    torch.save(saved, path)
+    loaded = torch.load(path)  # weights_only=True, the torch >= 2.6 default
+    assert loaded["extra_state"]["metrics"]["_bleu_counts"].tolist() == [3, 2, 1, 0]
+    assert loaded["extra_state"]["metrics"]["best"] == 27.5 and loaded["extra_state"]["metrics"]["n"] == 7
