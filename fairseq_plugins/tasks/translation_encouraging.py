@@ -10,8 +10,9 @@ import logging
 from dataclasses import dataclass, field
 
 from fairseq.dataclass import ChoiceEnum
-from fairseq.tasks import register_task
-from fairseq.tasks.translation import TranslationConfig, TranslationTask
+from fairseq.logging import metrics
+from fairseq.tasks import FairseqTask, register_task
+from fairseq.tasks.translation import EVAL_BLEU_ORDER, TranslationConfig, TranslationTask
 
 from encouraging_loss.schedule import SCHEDULES, BonusSchedule
 from fairseq_plugins.criterions.encouraging_ls import EncouragingLabelSmoothedCrossEntropyCriterion
@@ -84,3 +85,44 @@ class TranslationEncouragingTask(TranslationTask):
                                      else self.bonus_schedule(self.last_num_updates))
             criterion.with_stats = True
         return super().valid_step(sample, model, criterion)
+
+    def reduce_metrics(self, logging_outputs, criterion):
+        # Not TranslationTask's: it keeps the BLEU n-gram counts in meters as numpy arrays, which
+        # land in every checkpoint's metrics state (extra_state/metrics) and make checkpoint_last.pt
+        # and checkpoint_best.pt fail to load under torch.load(weights_only=True); its BLEU is a
+        # numpy float too. Here the counts are plain-int sum meters and the BLEU a Python float.
+        FairseqTask.reduce_metrics(self, logging_outputs, criterion)
+        if self.cfg.eval_bleu:
+            _reduce_bleu(logging_outputs)
+
+
+_BLEU_SUM_KEYS = (["_bleu_sys_len", "_bleu_ref_len"] + [f"_bleu_counts_{i}" for i in range(EVAL_BLEU_ORDER)]
+                  + [f"_bleu_totals_{i}" for i in range(EVAL_BLEU_ORDER)])
+
+
+def _reduce_bleu(logging_outputs):
+    """Sums the sufficient statistics that TranslationTask.valid_step logs and derives sacreBLEU."""
+    def total(key):
+        return int(sum(int(log.get(key, 0)) for log in logging_outputs))
+
+    # Only validation steps carry BLEU statistics. fairseq also skips batches whose hypotheses are all
+    # empty (no n-grams), so a young model has no 'bleu' at all and --best-checkpoint-metric bleu
+    # dies with KeyError 'bleu'; such batches count here, as BLEU 0.
+    if not any("_bleu_totals_0" in log for log in logging_outputs):
+        return
+    for key in _BLEU_SUM_KEYS:
+        metrics.log_scalar_sum(key, total(key))
+    metrics.log_derived("bleu", _bleu_from_meters)
+
+
+def _bleu_from_meters(meters) -> float:
+    from sacrebleu.metrics import BLEU
+
+    def summed(key):
+        return int(meters[key].sum)
+
+    score = BLEU.compute_bleu(
+        correct=[summed(f"_bleu_counts_{i}") for i in range(EVAL_BLEU_ORDER)],
+        total=[summed(f"_bleu_totals_{i}") for i in range(EVAL_BLEU_ORDER)],
+        sys_len=summed("_bleu_sys_len"), ref_len=summed("_bleu_ref_len"), smooth_method="exp").score
+    return round(float(score), 2)
