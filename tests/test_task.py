@@ -205,6 +205,43 @@ def test_diagnostics_are_free_on_the_fused_path_and_a_full_pass_on_the_reference
     assert extra["reference"] >= 2 * full_pass, extra
 
 
+def bleu_logging_output(hypotheses, references):
+    """What TranslationTask.valid_step logs for one batch, with sacreBLEU's statistics."""
+    import sacrebleu
+    bleu = sacrebleu.corpus_bleu(hypotheses, [references])
+    output = {"loss": 0.0, "nll_loss": 0.0, "ntokens": 1, "nsentences": 1, "sample_size": 1,
+              "_bleu_sys_len": bleu.sys_len, "_bleu_ref_len": bleu.ref_len}
+    for i in range(4):
+        output[f"_bleu_counts_{i}"], output[f"_bleu_totals_{i}"] = bleu.counts[i], bleu.totals[i]
+    return output
+
+
+def test_validation_bleu_is_corpus_sacrebleu_a_float_and_checkpoint_safe(tmp_path):
+    import sacrebleu
+    task = make_task(eval_bleu=True)
+    criterion = EncouragingLabelSmoothedCrossEntropyCriterion(task, False, 0.1)
+    batches = [(["the cat sat on the mat", "a dog barks loudly today"], ["the cat sat on a mat", "a dog barks today"]),
+               (["hello there my friend", ""], ["hello there my old friend", "nothing at all here"])]
+    with metrics.aggregate(new_root=True) as aggregator:
+        for hypotheses, references in batches:
+            task.reduce_metrics([bleu_logging_output(hypotheses, references)], criterion)
+        bleu = aggregator.get_smoothed_values()["bleu"]
+        state = aggregator.state_dict()
+    expected = sacrebleu.corpus_bleu([h for b in batches for h in b[0]], [[r for b in batches for r in b[1]]])
+    assert bleu == round(expected.score, 2) and type(bleu) is float
+    # the meters go into every checkpoint (extra_state/metrics): plain Python only, so weights_only loads
+    torch.save(state, tmp_path / "meters.pt")
+    torch.load(tmp_path / "meters.pt", weights_only=True)
+
+    with metrics.aggregate(new_root=True) as aggregator:  # a young model: every hypothesis empty
+        task.reduce_metrics([bleu_logging_output(["", ""], ["a b c", "d e f"])], criterion)
+        assert aggregator.get_smoothed_values()["bleu"] == 0.0
+    with metrics.aggregate(new_root=True) as aggregator:  # training steps carry no BLEU statistics
+        task.reduce_metrics([{"loss": 1.0, "nll_loss": 1.0, "ntokens": 1, "nsentences": 1, "sample_size": 1}],
+                            criterion)
+        assert "bleu" not in aggregator.get_smoothed_values()
+
+
 # ---------------------------------------------------------------- architecture
 def test_transformer_iwslt_fr_en_2x2_is_2x2_with_shared_embeddings_and_iwslt_sizes():
     from fairseq import options
