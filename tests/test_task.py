@@ -94,6 +94,7 @@ def make_task(**cfg_fields):
     dictionary = Dictionary()
     for i in range(40):
         dictionary.add_symbol(f"w{i}")
+    cfg_fields.setdefault("train_subset", "train")  # fairseq fills it from --train-subset
     return TranslationEncouragingTask(TranslationEncouragingConfig(**cfg_fields), dictionary, dictionary)
 
 
@@ -242,6 +243,26 @@ def test_validation_bleu_is_corpus_sacrebleu_a_float_and_checkpoint_safe(tmp_pat
         assert "bleu" not in aggregator.get_smoothed_values()
 
 
+def test_evaluation_batches_keep_every_sentence_training_batches_keep_the_multiple():
+    from fairseq.data import LanguagePairDataset
+    task = make_task()
+    dictionary = task.target_dictionary
+
+    def pairs(count):
+        tokens = [torch.tensor([4 + i % 30, 5, dictionary.eos()]) for i in range(count)]
+        return LanguagePairDataset(tokens, [3] * count, dictionary, tokens, [3] * count, dictionary)
+
+    def served(dataset, **batching):
+        iterator = task.get_batch_iterator(dataset, required_batch_size_multiple=8, **batching)
+        return sorted(i for batch in iterator.next_epoch_itr(shuffle=False) for i in batch["id"].tolist())
+
+    valid = pairs(41)
+    for batching in (dict(max_sentences=1), dict(max_sentences=3), dict(max_tokens=1000)):
+        assert served(valid, **batching) == list(range(41)), batching
+    task.datasets["train"] = train = pairs(41)
+    assert served(train, max_sentences=16) == list(range(40))  # fairseq's multiple of 8, as before
+
+
 # ---------------------------------------------------------------- architecture
 def test_transformer_iwslt_fr_en_2x2_is_2x2_with_shared_embeddings_and_iwslt_sizes():
     from fairseq import options
@@ -337,7 +358,7 @@ def test_train_resume_generate_interactive(toy_data_bin, tmp_path):
 
     decode = ["--user-dir", USER_DIR, "--task", "translation_encouraging", "--path", best, "--beam", "2",
               "--source-lang", "src", "--target-lang", "tgt"]
-    generated = run_tool("fairseq-generate", toy_data_bin, *decode, "--gen-subset", "test", "--batch-size", "8")
+    generated = run_tool("fairseq-generate", toy_data_bin, *decode, "--gen-subset", "test", "--batch-size", "3")
     sources = dict(line.split("\t", 1) for line in generated.stdout.splitlines() if line.startswith("S-"))
     hypotheses = {line.split("\t")[0][2:]: line.split("\t")[2] for line in generated.stdout.splitlines()
                   if line.startswith("H-")}
