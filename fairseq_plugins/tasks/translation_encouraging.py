@@ -7,8 +7,10 @@ the criterion, on every update, which fraction of rho to apply (``criterion.bonu
 whether to compute the diagnostics (``criterion.with_stats``).
 """
 import logging
+import os
 from dataclasses import dataclass, field
 
+from fairseq import utils
 from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
 from fairseq.tasks import FairseqTask, register_task
@@ -52,6 +54,11 @@ class TranslationEncouragingTask(TranslationTask):
             raise ValueError(f"--diagnostics-interval must be >= 1, got {cfg.diagnostics_interval}")
         # fairseq's num_updates after the last training update seen; validation uses its schedule value
         self.last_num_updates = None
+
+    @classmethod
+    def setup_task(cls, cfg: TranslationEncouragingConfig, **kwargs):
+        check_data_dirs(cfg.data, cfg.source_lang, cfg.target_lang)
+        return super().setup_task(cfg, **kwargs)
 
     def build_criterion(self, cfg, from_checkpoint=False):
         criterion = super().build_criterion(cfg, from_checkpoint)
@@ -135,3 +142,19 @@ def _bleu_from_meters(meters) -> float:
         total=[summed(f"_bleu_totals_{i}") for i in range(EVAL_BLEU_ORDER)],
         sys_len=summed("_bleu_sys_len"), ref_len=summed("_bleu_ref_len"), smooth_method="exp").score
     return round(float(score), 2)
+
+
+def check_data_dirs(data: str, source_lang, target_lang):
+    """One-line errors, naming the directory and what it holds, where fairseq would fail deep inside
+    with a bare FileNotFoundError or 'Could not infer language pair'."""
+    for path in utils.split_paths(data):
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"data directory {path} does not exist")
+        langs = sorted(name[len("dict."):-len(".txt")] for name in os.listdir(path)
+                       if name.startswith("dict.") and name.endswith(".txt"))
+        if not langs:
+            raise FileNotFoundError(f"data directory {path} has no dict.*.txt: it is not fairseq-preprocess output")
+        for flag, lang in (("--source-lang", source_lang), ("--target-lang", target_lang)):
+            if lang is not None and lang not in langs:
+                raise FileNotFoundError(f"{flag} {lang}: {path} has no dict.{lang}.txt "
+                                        f"(its languages: {', '.join(langs)})")
