@@ -74,10 +74,12 @@ class EncouragingLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCri
             "nsentences": sample["target"].size(0),
             "sample_size": sample_size,
         }
+        # on every step, diagnostics or not (the task may skip them): the schedule must stay visible;
+        # summable across workers: divided by el_weight_tokens when reduced
+        logging_output["el_bonus_weight"] = sample["ntokens"] * self.bonus_weight
+        logging_output["el_weight_tokens"] = sample["ntokens"]
         if out.stats is not None:
             logging_output.update({f"el_{name}": value.data for name, value in out.stats.items()})
-            # summable across workers: divided by el_tokens when reduced
-            logging_output["el_bonus_weight"] = out.stats["tokens"].data * self.bonus_weight
             if self.report_accuracy:
                 logging_output["n_correct"] = utils.item(out.stats["correct"].data)
                 logging_output["total"] = utils.item(out.stats["tokens"].data)
@@ -115,5 +117,7 @@ class EncouragingLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCri
             metrics.log_scalar("p_gt_half", total("el_target_prob_above_half") / tokens, tokens, round=4)
             metrics.log_scalar("p_gt_le", total("el_target_prob_above_log_end") / tokens, tokens, round=4)
             metrics.log_scalar("margin", total("el_margin") / tokens, tokens, round=3)
-            metrics.log_scalar("bonus_weight", total("el_bonus_weight") / tokens, tokens, round=4)
+        weight_tokens = total("el_weight_tokens")
+        if weight_tokens > 0:
+            metrics.log_scalar("bonus_weight", total("el_bonus_weight") / weight_tokens, weight_tokens, round=4)
 
