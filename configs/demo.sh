@@ -6,7 +6,8 @@ RECIPE_DESCRIPTION="synthetic SOV-agglutinative -> SVO-with-agreement toy pair, 
 SRC_LANG=src
 TGT_LANG=tgt
 DATA_DIR=${DATA_DIR:-runs/demo/data}
-PREPARE_ARGS=(--vocab-size "${DEMO_VOCAB_SIZE:-800}" --model-type bpe)
+# How DATA_DIR is made (shown when it is missing).
+PREPARE_COMMAND="scripts/demo.sh (generates the synthetic corpus and prepares it into $DATA_DIR)"
 
 TRAIN_ARGS=(
   --arch transformer --share-all-embeddings

@@ -3,14 +3,20 @@
 RECIPE_DESCRIPTION="IWSLT14 De-En, transformer_iwslt_de_en, unshared embeddings, 20k updates (paper setup)"
 SRC_LANG=de
 TGT_LANG=en
-# data_prep/prepare_custom.sh --out-dir DATA_DIR ... makes DATA_DIR/bin (binarised) and DATA_DIR/raw.
-DATA_DIR=${DATA_DIR:-data/iwslt14_de_en}
+# Made by data_prep/prepare_iwslt14_de_en.sh (DATA_DIR/bin binarised, DATA_DIR/raw references).
+DATA_DIR=${DATA_DIR:-data/iwslt14.de-en}
 # Lower-cased, Moses-tokenised like fairseq's prepare-iwslt14.sh (10k joint BPE there; BPE 10k here).
-PREPARE_ARGS=(--vocab-size 10000 --model-type bpe --lowercase --moses)
+# How DATA_DIR is made (shown when it is missing).
+PREPARE_COMMAND="data_prep/prepare_iwslt14_de_en.sh --out-dir $DATA_DIR"
 
 # Shared by both losses. --update-freq is for one GPU: train.sh divides it by the number of workers
 # so that the batch stays 4 x 4096 tokens per update.
 TRAIN_ARGS=(
+  --task translation_encouraging --diagnostics-interval 10
+  # Validation BLEU each epoch picks checkpoint_best.pt, as the paper's runs did.
+  --eval-bleu --eval-bleu-args '{"beam": 5, "max_len_a": 1.2, "max_len_b": 10}'
+  --eval-bleu-remove-bpe sentencepiece --eval-bleu-detok moses
+  --best-checkpoint-metric bleu --maximize-best-checkpoint-metric
   --arch transformer_iwslt_de_en
   --optimizer adam --adam-betas '(0.9, 0.98)'
   --lr 1e-3 --lr-scheduler inverse_sqrt --warmup-updates 4000

@@ -3,12 +3,19 @@
 RECIPE_DESCRIPTION="IWSLT17 Fr-En, transformer_iwslt_de_en with 2+2 layers, shared embeddings, 100k updates (paper setup)"
 SRC_LANG=fr
 TGT_LANG=en
-DATA_DIR=${DATA_DIR:-data/iwslt17_fr_en}
+# Made by data_prep/prepare_iwslt17_fr_en.sh.
+DATA_DIR=${DATA_DIR:-data/iwslt17.fr-en}
 # Cased, SentencePiece 16k (the paper's iwslt17.tokenized.cased.fr-en.spm_bpe16k).
-PREPARE_ARGS=(--vocab-size 16000 --model-type bpe)
+# How DATA_DIR is made (shown when it is missing).
+PREPARE_COMMAND="data_prep/prepare_iwslt17_fr_en.sh --out-dir $DATA_DIR"
 
 TRAIN_ARGS=(
-  --arch transformer_iwslt_de_en --encoder-layers 2 --decoder-layers 2 --share-all-embeddings
+  --task translation_encouraging --diagnostics-interval 10
+  # Validation BLEU each epoch picks checkpoint_best.pt, as the paper's runs did.
+  --eval-bleu --eval-bleu-args '{"beam": 5, "max_len_a": 1.2, "max_len_b": 10}'
+  --eval-bleu-remove-bpe sentencepiece --eval-bleu-detok space
+  --best-checkpoint-metric bleu --maximize-best-checkpoint-metric
+  --arch transformer_iwslt_fr_en_2x2 --share-all-embeddings
   --optimizer adam --adam-betas '(0.9, 0.98)'
   --lr 5e-4 --lr-scheduler inverse_sqrt --warmup-updates 4000
   --dropout 0.3 --weight-decay 1e-3

@@ -4,12 +4,19 @@
 RECIPE_DESCRIPTION="WMT14 En-De, transformer base (shared 32k BPE), 100k updates of ~32k tokens"
 SRC_LANG=en
 TGT_LANG=de
-DATA_DIR=${DATA_DIR:-data/wmt14_en_de}
+# Made by data_prep/prepare_wmt14_en_de.sh.
+DATA_DIR=${DATA_DIR:-data/wmt14.en-de}
 # Cased, Moses-tokenised, joint BPE 32k (newstest2013 valid, newstest2014 test).
-PREPARE_ARGS=(--vocab-size 32000 --model-type bpe --moses --workers 16)
+# How DATA_DIR is made (shown when it is missing).
+PREPARE_COMMAND="data_prep/prepare_wmt14_en_de.sh --out-dir $DATA_DIR --workers 16"
 
 # For transformer big: --arch transformer_vaswani_wmt_en_de_big --dropout 0.3 --lr 5e-4 --max-tokens 3584
 TRAIN_ARGS=(
+  --task translation_encouraging --diagnostics-interval 10
+  # Validation BLEU each epoch picks checkpoint_best.pt, as the paper's runs did.
+  --eval-bleu --eval-bleu-args '{"beam": 5, "max_len_a": 1.2, "max_len_b": 10}'
+  --eval-bleu-remove-bpe sentencepiece --eval-bleu-detok moses
+  --best-checkpoint-metric bleu --maximize-best-checkpoint-metric
   --arch transformer_wmt_en_de --share-all-embeddings
   --optimizer adam --adam-betas '(0.9, 0.98)'
   --lr 7e-4 --lr-scheduler inverse_sqrt --warmup-updates 4000 --warmup-init-lr 1e-07

@@ -19,6 +19,7 @@ Environment (defaults in brackets):
   DEMO_VOCAB_SIZE  SentencePiece vocabulary [800]
   DEMO_MAX_UPDATE, DEMO_MAX_TOKENS, DEMO_LR, DEMO_WARMUP, DEMO_DIM, DEMO_LAYERS, DEMO_AVERAGE_LAST, DEMO_BEAM
                    training/evaluation knobs, see configs/demo.sh
+  DEMO_THREADS_PER_RUN  torch threads of each of the two side-by-side runs [1]
   PYTHON           interpreter
 A finished step is not redone: delete DEMO_DIR to start over.
 USAGE
@@ -38,15 +39,47 @@ step "generating the synthetic corpus in $demo_dir/corpus"
 "$PYTHON" "$REPO_ROOT/scripts/make_demo_corpus.py" --out-dir "$demo_dir/corpus" --seed "$seed" \
   --train-size "${DEMO_TRAIN_SIZE:-20000}" --valid-size "${DEMO_VALID_SIZE:-300}" --test-size "${DEMO_TEST_SIZE:-500}"
 
-step "preparing it (SentencePiece ${PREPARE_ARGS[*]}, fairseq-preprocess) into $DATA_DIR"
+vocab_size=${DEMO_VOCAB_SIZE:-800}
+step "preparing it (joint SentencePiece BPE $vocab_size, fairseq-preprocess) into $DATA_DIR"
 # data_prep skips the work when its inputs and settings are unchanged.
 PYTHON="$PYTHON" "$REPO_ROOT/data_prep/prepare_custom.sh" --src-lang "$SRC_LANG" --tgt-lang "$TGT_LANG" \
   --train-prefix "$demo_dir/corpus/train" --valid-prefix "$demo_dir/corpus/valid" \
-  --test-prefix "$demo_dir/corpus/test" --out-dir "$DATA_DIR" --workers "${DEMO_WORKERS:-2}" "${PREPARE_ARGS[@]}"
+  --test-prefix "$demo_dir/corpus/test" --out-dir "$DATA_DIR" --workers "${DEMO_WORKERS:-2}" \
+  --vocab-size "$vocab_size" --model-type bpe
 
-step "training and evaluating baseline and encouraging loss (seed $seed)"
-LOG_INTERVAL=${LOG_INTERVAL:-50} "$REPO_ROOT/scripts/compare.sh" demo --seeds "$seed" --train \
-  --runs-dir "$demo_dir/runs" --out-dir "$demo_dir" --data-dir "$DATA_DIR"
+# Two single-threaded runs side by side use 2 cores better than one after the other with 2 threads
+# each: the demo's matrices are too small for intra-op threading to pay off.
+threads=${DEMO_THREADS_PER_RUN:-1}
+step "training and evaluating baseline and encouraging loss side by side ($threads thread(s) each, seed $seed)"
+pids=()
+for loss in baseline encouraging; do
+  run_dir="$demo_dir/runs/$RECIPE/$loss/seed$seed"
+  mkdir -p "$run_dir"
+  flag=(); [[ $loss == baseline ]] && flag=(--baseline)
+  echo "[demo] $loss: progress in $run_dir/train.log" >&2
+  (
+    export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
+    if [[ ! -f "$run_dir/eval/$EVAL_SUBSET.results.json" ]]; then
+      # Only fairseq's periodic JSON lines reach the terminal; everything is in train.log.
+      LOG_INTERVAL=${LOG_INTERVAL:-50} "$REPO_ROOT/scripts/train.sh" "$RECIPE" "${flag[@]}" --seed "$seed" \
+        --run-dir "$run_dir" --data-dir "$DATA_DIR" 2>&1 | grep --line-buffered -E '\| (train_inner|valid|train) \|' \
+        | sed -u "s/^/[$loss] /" || true
+      [[ -f "$run_dir/checkpoints/checkpoint_last.pt" ]] && grep -q "done training" "$run_dir/train.log" \
+        || { echo "[demo] $loss: training failed; last lines of $run_dir/train.log:" >&2; tail -n 20 "$run_dir/train.log" >&2; exit 1; }
+      "$REPO_ROOT/scripts/evaluate.sh" "$run_dir" > "$run_dir/evaluate.log" 2>&1 \
+        || { echo "[demo] $loss: evaluation failed; see $run_dir/evaluate.log:" >&2; tail -n 20 "$run_dir/evaluate.log" >&2; exit 1; }
+    fi
+  ) &
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+[[ $status == 0 ]] || die "a demo run failed (see above)"
+
+step "comparing"
+"$REPO_ROOT/scripts/compare.sh" demo --seeds "$seed" --runs-dir "$demo_dir/runs" --out-dir "$demo_dir" > "$demo_dir/compare.log" 2>&1 \
+  || { tail -n 20 "$demo_dir/compare.log" >&2; die "comparison failed (log: $demo_dir/compare.log)"; }
+cat "$demo_dir/compare.log"
 
 "$PYTHON" - "$demo_dir" "$(( $(date +%s) - started ))" <<'PY'
 import json, os, sys

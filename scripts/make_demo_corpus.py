@@ -68,7 +68,7 @@ def _stems(rng, count, syllables, taken):
     return stems
 
 
-def make_lexicon(rng, nouns=150, adjectives=40, verbs=50):
+def make_lexicon(rng, nouns=80, adjectives=24, verbs=32):
     src_taken, tgt_taken = set(), set()
     src_nouns = _stems(rng, nouns, (2, 3), src_taken)
     tgt_nouns = _stems(rng, nouns, (2, 3), tgt_taken)
@@ -115,7 +115,7 @@ def clause(rng, lexicon):
 
 def sentence(rng, lexicon):
     src, tgt = clause(rng, lexicon)
-    if rng.random() < 0.25:
+    if rng.random() < 0.15:
         src2, tgt2 = clause(rng, lexicon)
         src, tgt = src + [SRC_AND] + src2, tgt + [TGT_AND] + tgt2
     # Capitalised and punctuated, so that detokenised, cased BLEU is meaningful.

@@ -48,8 +48,7 @@ done
 load_recipe "$recipe"
 
 data_dir=${data_dir:-$DATA_DIR}
-[[ -f "$data_dir/bin/dict.$SRC_LANG.txt" ]] || die "no prepared corpus in $data_dir (missing bin/dict.$SRC_LANG.txt); \
-run: data_prep/prepare_custom.sh --src-lang $SRC_LANG --tgt-lang $TGT_LANG ... --out-dir $data_dir ${PREPARE_ARGS[*]}"
+[[ -f "$data_dir/bin/dict.$SRC_LANG.txt" ]] || die "no prepared corpus in $data_dir (missing bin/dict.$SRC_LANG.txt); make it with: $PREPARE_COMMAND"
 data_dir=$(cd "$data_dir" && pwd)
 if [[ $baseline == 1 ]]; then loss=baseline; loss_args=("${BASELINE_ARGS[@]}"); else loss=encouraging; loss_args=("${ENCOURAGING_ARGS[@]}"); fi
 run_dir=${run_dir:-${RUNS_DIR:-runs}/$RECIPE/$loss/seed$seed}
