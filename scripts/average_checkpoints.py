@@ -17,6 +17,7 @@ import re
 import sys
 
 import torch
+from omegaconf import OmegaConf
 
 from fairseq_plugins.checkpoints import CheckpointLoadError, load_checkpoint_to_cpu
 
@@ -67,6 +68,10 @@ def average_states(paths):
         (key, (value / len(paths)).to(dtypes[key]) if torch.is_floating_point(value) else value)
         for key, value in sums.items())
     newest["model"] = averaged
+    # fairseq's loader turns the config into an OmegaConf object; store it as fairseq itself does
+    # (plain containers), or the averaged file would not load under weights_only=True.
+    if OmegaConf.is_config(newest.get("cfg")):
+        newest["cfg"] = OmegaConf.to_container(newest["cfg"], resolve=True, enum_to_str=True)
     # The optimizer state belongs to the newest weights only; an averaged model must not resume with it.
     newest["last_optimizer_state"] = None
     return newest

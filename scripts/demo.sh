@@ -16,8 +16,8 @@ Environment (defaults in brackets):
   DEMO_DIR         output root [runs/demo]: corpus/, data/, runs/, comparison.{md,json,png}
   DEMO_SEED        corpus and training seed [1]
   DEMO_TRAIN_SIZE, DEMO_VALID_SIZE, DEMO_TEST_SIZE   corpus sizes in sentence pairs [20000, 300, 500]
-  DEMO_VOCAB_SIZE  SentencePiece vocabulary [800]
-  DEMO_MAX_UPDATE, DEMO_MAX_TOKENS, DEMO_LR, DEMO_WARMUP, DEMO_DIM, DEMO_LAYERS, DEMO_AVERAGE_LAST, DEMO_BEAM
+  DEMO_VOCAB_SIZE  SentencePiece vocabulary [600]
+  DEMO_MAX_EPOCH, DEMO_MAX_UPDATE, DEMO_MAX_TOKENS, DEMO_LR, DEMO_WARMUP, DEMO_DIM, DEMO_LAYERS, DEMO_AVERAGE_LAST, DEMO_BEAM
                    training/evaluation knobs, see configs/demo.sh
   DEMO_THREADS_PER_RUN  torch threads of each of the two side-by-side runs [1]
   PYTHON           interpreter
@@ -39,7 +39,7 @@ step "generating the synthetic corpus in $demo_dir/corpus"
 "$PYTHON" "$REPO_ROOT/scripts/make_demo_corpus.py" --out-dir "$demo_dir/corpus" --seed "$seed" \
   --train-size "${DEMO_TRAIN_SIZE:-20000}" --valid-size "${DEMO_VALID_SIZE:-300}" --test-size "${DEMO_TEST_SIZE:-500}"
 
-vocab_size=${DEMO_VOCAB_SIZE:-800}
+vocab_size=${DEMO_VOCAB_SIZE:-600}
 step "preparing it (joint SentencePiece BPE $vocab_size, fairseq-preprocess) into $DATA_DIR"
 # data_prep skips the work when its inputs and settings are unchanged.
 PYTHON="$PYTHON" "$REPO_ROOT/data_prep/prepare_custom.sh" --src-lang "$SRC_LANG" --tgt-lang "$TGT_LANG" \

@@ -19,7 +19,7 @@ SCRIPTS = REPO / "scripts"
 # Small enough that the whole reduced demo trains, evaluates and compares in well under a minute.
 REDUCED_DEMO = {
     "DEMO_TRAIN_SIZE": "1200", "DEMO_VALID_SIZE": "60", "DEMO_TEST_SIZE": "80", "DEMO_VOCAB_SIZE": "200",
-    "DEMO_DIM": "32", "DEMO_LAYERS": "1", "DEMO_MAX_UPDATE": "48", "DEMO_MAX_TOKENS": "1024",
+    "DEMO_DIM": "32", "DEMO_LAYERS": "1", "DEMO_MAX_EPOCH": "3", "DEMO_MAX_TOKENS": "1024",
     "DEMO_WARMUP": "10", "DEMO_AVERAGE_LAST": "2", "DEMO_BEAM": "2", "DEMO_WORKERS": "1", "LOG_INTERVAL": "4",
 }
 
@@ -182,6 +182,6 @@ def test_train_records_the_exact_command_and_cpu_fallback(demo):
     assert info["loss"] == "baseline" and info["seed"] == 1 and info["fp16"] is False and info["workers"] == 1
     command = (run / "command.sh").read_text()
     assert "fairseq_cli.train" in command and "--bonus-rho 0" in command and "--cpu" in command
-    assert "--max-update 48" in command and "--log-format json" in command
+    assert "--max-epoch 3" in command and "--log-format json" in command
     assert "WARNING: no GPU visible; training on CPU in float32" in printed
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
