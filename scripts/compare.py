@@ -66,10 +66,11 @@ def curve(records, tag, key, step_key):
     for stats in records.get(tag, []):
         if key in stats and step_key in stats:
             try:
-                steps.append(float(stats[step_key]))
-                values.append(float(stats[key]))
+                step, value = float(stats[step_key]), float(stats[key])
             except (TypeError, ValueError):
                 continue
+            steps.append(step)
+            values.append(value)
     return steps, values
 
 

@@ -62,7 +62,7 @@ for loss in baseline encouraging; do
     if [[ ! -f "$run_dir/eval/$EVAL_SUBSET.results.json" ]]; then
       # Only fairseq's periodic JSON lines reach the terminal; everything is in train.log.
       LOG_INTERVAL=${LOG_INTERVAL:-50} "$REPO_ROOT/scripts/train.sh" "$RECIPE" "${flag[@]}" --seed "$seed" \
-        --run-dir "$run_dir" --data-dir "$DATA_DIR" 2>&1 | grep --line-buffered -E '\| (train_inner|valid|train) \|' \
+        --run-dir "$run_dir" --data-dir "$DATA_DIR" 2>&1 | grep --line-buffered -E '\| (train_inner|valid|train) \||WARNING|^\[train\]' \
         | sed -u "s/^/[$loss] /" || true
       [[ -f "$run_dir/checkpoints/checkpoint_last.pt" ]] && grep -q "done training" "$run_dir/train.log" \
         || { echo "[demo] $loss: training failed; last lines of $run_dir/train.log:" >&2; tail -n 20 "$run_dir/train.log" >&2; exit 1; }
