@@ -192,3 +192,37 @@ def test_train_records_the_exact_command_and_cpu_fallback(demo):
     assert "--max-epoch 4" in command and "--log-format json" in command
     assert "WARNING: no GPU visible; training on CPU in float32" in printed
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_score_moses_detokenised_and_compound_split(tmp_path):
+    """The WMT En-De path of score_translations.py on a handmade fairseq-generate output: Moses
+    detokenisation before sacreBLEU, and compound splitting before tokenised BLEU."""
+    hypotheses = ["Das ist ein Staats-Vertrag , sagte er .", "Die Ost-West-Beziehung ist gut ."]
+    references = ["Das ist ein Staats-Vertrag , sagte sie .", "Die Ost-West-Beziehungen sind gut ."]
+    raw = ["Das ist ein Staats-Vertrag, sagte sie.", "Die Ost-West-Beziehungen sind gut."]
+    generate = tmp_path / "generate.txt"
+    generate.write_text("".join(f"S-{i}\tx\nT-{i}\t{r}\nH-{i}\t-0.5\t{h}\n"
+                                for i, (h, r) in enumerate(zip(hypotheses, references)))
+                        + "Generate test with beam=4: BLEU4 = 12.34, 1/1/1/1 (BP=1.000)\n")
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "test.de").write_text("\n".join(raw) + "\n")
+    (tmp_path / "prepare.json").write_text(json.dumps({"references": {"postprocess": ["moses-detokenise"]}}))
+    output = tmp_path / "results.json"
+    subprocess.run([sys.executable, str(SCRIPTS / "score_translations.py"), "--generate-output", str(generate),
+                    "--data-dir", str(tmp_path), "--tgt-lang", "de", "--compound-split", "--output", str(output),
+                    "--hypotheses-output", str(tmp_path / "hyp.detok")], check=True, cwd=REPO)
+    results = json.loads(output.read_text())
+    assert results["tokenized_bleu"] == 12.34  # fairseq's own line, passed through
+    detokenised = (tmp_path / "hyp.detok").read_text().splitlines()
+    assert detokenised == ["Das ist ein Staats-Vertrag, sagte er.", "Die Ost-West-Beziehung ist gut."]
+    assert results["sacrebleu"] == pytest.approx(sacrebleu.corpus_bleu(detokenised, [raw]).score, abs=0.01)
+    # written out by hand: each "x-y" becomes "x ##AT##-##AT## y" (fairseq's compound_split_bleu.sh)
+    hypotheses_split = ["Das ist ein Staats ##AT##-##AT## Vertrag , sagte er .",
+                        "Die Ost ##AT##-##AT## West ##AT##-##AT## Beziehung ist gut ."]
+    references_split = ["Das ist ein Staats ##AT##-##AT## Vertrag , sagte sie .",
+                        "Die Ost ##AT##-##AT## West ##AT##-##AT## Beziehungen sind gut ."]
+    expected = sacrebleu.corpus_bleu(hypotheses_split, [references_split], tokenize="none",
+                                     smooth_method="none", force=True).score
+    unsplit = sacrebleu.corpus_bleu(hypotheses, [references], tokenize="none", smooth_method="none").score
+    assert expected != pytest.approx(unsplit, abs=0.5), "the example must be sensitive to the splitting"
+    assert results["compound_split_bleu"] == pytest.approx(expected, abs=0.01)
