@@ -18,13 +18,13 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from tqdm import tqdm
 
 LOG = logging.getLogger("data_prep")
 SPLITS = ("train", "valid", "test")
-# Files under `pieces_dir` are what fairseq-preprocess reads; keep them for inspection and re-binarising.
+# Output sub-directories: raw references, text as SentencePiece saw it, pieces, fairseq binaries.
 RAW_DIR, TOK_DIR, PIECES_DIR, BIN_DIR = "raw", "tok", "spm", "bin"
 # Below this many lines a worker pool costs more than it saves.
 MIN_LINES_FOR_POOL = 20000
@@ -282,7 +282,9 @@ def up_to_date(out_dir: Path, fingerprint: str) -> bool:
 
 def make_fingerprint(corpus_name: str, settings: Settings, inputs: dict) -> str:
     """Identifies a build: the same inputs (by content) and settings give the same output."""
-    payload = json.dumps({"corpus": corpus_name, "settings": settings.as_dict(),
+    # --workers changes speed, not output, so it does not force a rebuild.
+    relevant = {key: value for key, value in settings.as_dict().items() if key != "workers"}
+    payload = json.dumps({"corpus": corpus_name, "settings": relevant,
                           "inputs": {name: info.get("sha256") for name, info in inputs.items()}}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -337,6 +339,8 @@ def build_dataset(out_dir: Path, corpus_name: str, splits: dict, settings: Setti
         if len(splits[split]) == 0:
             raise DataPrepError(f"empty corpus: the {split} split has no sentence pairs")
     started = time.time()
+    LOG.info("building %s (%s) with %s; pairs: %s", out_dir, corpus_name, settings.as_dict(),
+             ", ".join(f"{split} {len(corpus)}" for split, corpus in splits.items()))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
@@ -362,7 +366,7 @@ def build_dataset(out_dir: Path, corpus_name: str, splits: dict, settings: Setti
         dictionary_size = sum(1 for _ in open(work / BIN_DIR / f"dict.{settings.src}.txt", encoding="utf-8"))
         record = {
             "corpus": corpus_name,
-            "command": [sys.argv[0], *sys.argv[1:]],
+            "command": _command_line(),
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "seconds": round(time.time() - started, 1),
             "settings": settings.as_dict(),
@@ -400,6 +404,12 @@ def _replace_dir(new: Path, target: Path) -> None:
         target.rename(old)
     new.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _command_line():
+    """How the user ran it: the shell entry point (which supplies the subcommand) or the module."""
+    script = os.environ.get("DATA_PREP_SCRIPT")
+    return [script, *sys.argv[2:]] if script else [sys.argv[0], *sys.argv[1:]]
 
 
 def _versions():
@@ -476,7 +486,7 @@ def _open_archive(path: Path):
 def archive_members(path: Path) -> set:
     with _open_archive(path) as archive:
         names = archive.namelist() if hasattr(archive, "namelist") else archive.getnames()
-    return {name.lstrip("./") for name in names}
+    return {name.removeprefix("./") for name in names}
 
 
 def verify_archive(path: Path, members) -> Optional[str]:
@@ -532,7 +542,7 @@ def read_archive_members(path: Path, members) -> dict:
             entries = ((info.name, lambda info=info: archive.extractfile(info).read())
                        for info in archive if info.isfile())
         for name, read in entries:
-            name = name.lstrip("./")
+            name = name.removeprefix("./")
             if name in wanted:
                 LOG.info("reading %s:%s", path.name, name)
                 found[name] = decode_lines(read(), f"{path}:{name}")
@@ -795,8 +805,13 @@ def add_common_arguments(parser, *, src, tgt, vocab_size, lowercase=False, moses
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m data_prep.prepare", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # The shell entry points set this so that usage text names the script the user ran.
+    script = os.environ.get("DATA_PREP_SCRIPT")
 
-    custom = commands.add_parser(
+    def add_command(name, **kwargs):
+        return commands.add_parser(name, **({"prog": script} if script else {}), **kwargs)
+
+    custom = add_command(
         "custom", help="any parallel corpus given as PREFIX.SRC / PREFIX.TGT text files",
         description="Prepares a parallel corpus from raw text files PREFIX.SRC / PREFIX.TGT (one sentence "
                     "per line) for train, valid and test. Writes OUT/spm.model, OUT/spm.vocab, "
@@ -809,7 +824,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_arguments(custom, src=None, tgt=None, vocab_size=8000)
     custom.set_defaults(handler=command_custom)
 
-    iwslt14 = commands.add_parser(
+    iwslt14 = add_command(
         "iwslt14-de-en", help="IWSLT14 German-English TED talks (fairseq's recipe, SentencePiece)",
         description="IWSLT14 de-en as in fairseq's prepare-iwslt14.sh: XML stripped, Moses-tokenised, "
                     "lower-cased, training pairs cleaned (1..175 tokens, ratio 1.5), valid = every 23rd "
@@ -821,7 +836,7 @@ def build_parser() -> argparse.ArgumentParser:
                          max_ratio=1.5)
     iwslt14.set_defaults(handler=command_iwslt14)
 
-    iwslt17 = commands.add_parser(
+    iwslt17 = add_command(
         "iwslt17-fr-en", help="IWSLT17 French-English TED talks (cased, SentencePiece 16k)",
         description="IWSLT17 fr-en: XML stripped, cased raw text (no Moses unless --moses), training pairs "
                     "with 1..250 words kept, valid = TED.dev2010, test = TED.tst2010-2015 concatenated in "
@@ -835,7 +850,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"sets forming test, concatenated in this order (default {' '.join(IWSLT17_TESTS)})")
     iwslt17.set_defaults(handler=command_iwslt17)
 
-    wmt14 = commands.add_parser(
+    wmt14 = add_command(
         "wmt14-en-de", help="WMT14 English-German (europarl v7, commoncrawl, news-commentary v12; SentencePiece 32k)",
         description="WMT14 en-de with the archives of fairseq's prepare-wmt14en2de.sh: train = europarl v7 + "
                     "commoncrawl + news-commentary v12 (Moses punctuation normalisation, non-printing characters "

@@ -6,4 +6,4 @@
 # -h lists every option. The logic is in data_prep/prepare.py (subcommand "custom").
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_python.sh"
-exec "$PYTHON" -m data_prep.prepare custom "$@"
+DATA_PREP_SCRIPT="$0" exec "$PYTHON" -m data_prep.prepare custom "$@"

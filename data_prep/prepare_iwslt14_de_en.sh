@@ -5,4 +5,4 @@
 # The logic is in data_prep/prepare.py (subcommand "iwslt14-de-en").
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_python.sh"
-exec "$PYTHON" -m data_prep.prepare iwslt14-de-en "$@"
+DATA_PREP_SCRIPT="$0" exec "$PYTHON" -m data_prep.prepare iwslt14-de-en "$@"

@@ -5,4 +5,4 @@
 # The logic is in data_prep/prepare.py (subcommand "iwslt17-fr-en").
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_python.sh"
-exec "$PYTHON" -m data_prep.prepare iwslt17-fr-en "$@"
+DATA_PREP_SCRIPT="$0" exec "$PYTHON" -m data_prep.prepare iwslt17-fr-en "$@"

@@ -6,4 +6,4 @@
 # The logic is in data_prep/prepare.py (subcommand "wmt14-en-de").
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_python.sh"
-exec "$PYTHON" -m data_prep.prepare wmt14-en-de "$@"
+DATA_PREP_SCRIPT="$0" exec "$PYTHON" -m data_prep.prepare wmt14-en-de "$@"

@@ -117,6 +117,7 @@ def test_custom_moses_lowercase_outputs(custom_moses):
     assert (out / "spm.vocab").is_file()
     record = json.loads((out / "prepare.json").read_text())
     assert record["lines"] == {"train": 30, "valid": 1, "test": 2}
+    assert record["command"][0].endswith("prepare_custom.sh") and record["command"][1:3] == ["--src-lang", "en"]
     assert record["settings"]["moses"] is True and record["settings"]["lowercase"] is True
     assert record["settings"]["vocab_size"] == 60 and record["settings"]["model_type"] == "bpe"
     assert record["references"] == {"raw": "raw/test.de", "tokenised": "tok/test.de", "model_text": "tok/test.de",
@@ -128,7 +129,8 @@ def test_custom_moses_lowercase_outputs(custom_moses):
 def test_custom_is_skipped_when_up_to_date_and_rebuilt_when_input_changes(custom_moses, tmp_path):
     root, out, _ = custom_moses
     before = (out / "prepare.json").read_text()
-    proc = run_script("prepare_custom.sh", *custom_args(root, out, "--moses", "--lowercase"))
+    # --workers changes speed only, so it does not count as a different build.
+    proc = run_script("prepare_custom.sh", *custom_args(root, out, "--moses", "--lowercase", "--workers", "2"))
     assert "up to date" in proc.stderr
     assert (out / "prepare.json").read_text() == before
     # Same settings, changed test input (a copy, so the module fixture stays intact): rebuilt.
@@ -385,3 +387,201 @@ def test_iwslt14_offline_layout_cleaning_split_and_test_order(iwslt14_archive, t
     assert [s["lines"] for s in record["splits"]["test"]] == [2, 3, 4, 5, 6]
     assert record["text_steps"]["test"] == ["apostrophe", "moses", "lowercase"]
     assert leftovers(tmp_path) == []
+
+
+IWSLT17_VALID_SETS = ["TED.dev2010"]
+IWSLT17_TEST_SETS = ["TED.tst2010", "TED.tst2011", "TED.tst2012", "TED.tst2013", "TED.tst2014", "TED.tst2015"]
+
+
+def make_iwslt17_archive(path: Path, pairs):
+    meta = ('<doc docid="{talk}" genre="lectures">', "<speaker>Speaker {talk}</speaker>",
+            '<reviewer href="x">R</reviewer>', '<translator href="y">T</translator>')
+    # fr-en: the "de" slot of the generated pairs is the French side.
+    members = {"fr-en/train.tags.fr-en.fr": [*iwslt_train(pairs, 2, "de", meta), "</doc>"],
+               "fr-en/train.tags.fr-en.en": [*iwslt_train(pairs, 2, "en", meta), "</doc>"]}
+    sets = {}
+    for index, name in enumerate(IWSLT17_VALID_SETS + IWSLT17_TEST_SETS):
+        fr, en = xml_set(name, 1 + index, apostrophe=True)
+        sets[name] = (fr, en)
+        members[f"fr-en/IWSLT17.{name}.fr-en.fr.xml"] = iwslt_xml(fr, name, "french")
+        members[f"fr-en/IWSLT17.{name}.fr-en.en.xml"] = iwslt_xml(en, name, "english")
+    return make_tgz(path, members), sets
+
+
+@pytest.mark.slow
+def test_iwslt17_cased_sets_and_existing_archive_is_not_downloaded(tmp_path):
+    pairs = [(de, en, True) for de, en, _ in talk_pairs(40, seed=3)]
+    archive, sets = make_iwslt17_archive(tmp_path / "downloads" / "fr-en.tgz", pairs)
+    out = tmp_path / "iwslt17"
+    # The archive is present, so the (unreachable) URL must never be tried.
+    run_script("prepare_iwslt17_fr_en.sh", "--raw-dir", archive.parent, "--out-dir", out, "--vocab-size", "120",
+               "--workers", "1", "--iwslt17-url", "http://127.0.0.1:9/fr-en.tgz", "--max-tokens", "175")
+    expected = [(fr, en) for fr, en, _ in iwslt_meta_pairs(2, pairs) if fr.strip() and len(fr.split()) <= 175]
+    assert read(out / "raw" / "train.fr") == [fr for fr, _ in expected]
+    assert read(out / "raw" / "train.en") == [en for _, en in expected]
+    assert not any("<" in line for line in read(out / "raw" / "train.fr"))
+    assert read(out / "raw" / "valid.en") == sets["TED.dev2010"][1]
+    assert read(out / "raw" / "test.en") == [line for name in IWSLT17_TEST_SETS for line in sets[name][1]]
+    assert read(out / "raw" / "test.fr") == [line for name in IWSLT17_TEST_SETS for line in sets[name][0]]
+    assert not (out / "tok").exists()  # cased raw text goes straight to SentencePiece
+    processor = assert_sentencepiece_consistent(out, "raw", "fr", "en", splits=("train",))
+    assert any(piece != piece.lower() for piece in (processor.id_to_piece(i) for i in range(len(processor))))
+    assert_fairseq_bin(out / "bin", "fr", "en", {"train": len(expected), "valid": 1, "test": sum(range(2, 8))})
+    record = json.loads((out / "prepare.json").read_text())
+    assert [s["lines"] for s in record["splits"]["test"]] == [2, 3, 4, 5, 6, 7]
+    assert record["settings"]["valid_sets"] == IWSLT17_VALID_SETS and record["settings"]["lowercase"] is False
+
+
+# ------------------------------------------------------------------------------------------------
+# WMT14
+
+def sgm(lines, setid, kind):
+    return [f'<{kind}set setid="{setid}" srclang="any">', '<doc sysid="ref" docid="d1" genre="news" origlang="en">',
+            "<p>", *[f'<seg id="{i + 1}">{line}</seg>' for i, line in enumerate(lines)], "</p>", "</doc>",
+            f"</{kind}set>"]
+
+
+def make_wmt14_archives(raw_dir: Path):
+    """The five archives with the members fairseq's prepare-wmt14en2de.sh reads (plus distractors)."""
+    corpora = {}
+    for name, count in (("europarl", 12), ("commoncrawl", 8), ("news-commentary", 10)):
+        en = [f"{name} sentence {i} is here." for i in range(count)]
+        de = [f"\u201e{name}\u201c Satz {i} ist hier." for i in range(count)]
+        en.append("Short.")
+        de.append("Ein viel zu langer deutscher Satz hier.")  # 2 vs 7 words: ratio 3.5, dropped
+        corpora[name] = (en, de)
+    make_tgz(raw_dir / "training-parallel-europarl-v7.tgz", {
+        "training/europarl-v7.de-en.en": corpora["europarl"][0], "training/europarl-v7.de-en.de": corpora["europarl"][1],
+        "training/europarl-v7.fr-en.en": ["not this"], "training/europarl-v7.fr-en.fr": ["pas ça"]})
+    make_tgz(raw_dir / "training-parallel-commoncrawl.tgz", {
+        "commoncrawl.de-en.en": corpora["commoncrawl"][0], "commoncrawl.de-en.de": corpora["commoncrawl"][1]})
+    make_tgz(raw_dir / "training-parallel-nc-v12.tgz", {
+        "training/news-commentary-v12.de-en.en": corpora["news-commentary"][0],
+        "training/news-commentary-v12.de-en.de": corpora["news-commentary"][1]})
+    valid = (["Valid one.", "Valid two."], ["Gültig eins.", "Gültig zwei."])
+    make_tgz(raw_dir / "dev.tgz", {"dev/newstest2013.en": valid[0], "dev/newstest2013.de": valid[1],
+                                   "dev/newstest2012.en": ["wrong"], "dev/newstest2012.de": ["falsch"]})
+    test_en = ["Test \u201cone\u201d.", "It\u2019s test two.", "Test three."]
+    test_de = ["Test eins.", "Test zwei.", "Test drei."]
+    make_tgz(raw_dir / "test-full.tgz", {
+        "test-full/newstest2014-deen-src.en.sgm": sgm(test_en, "newstest2014", "src"),
+        "test-full/newstest2014-deen-ref.de.sgm": sgm(test_de, "newstest2014", "ref"),
+        "test-full/newstest2014-deen-src.de.sgm": sgm(["Falsche Richtung."] * 3, "newstest2014", "src"),
+        "test-full/newstest2014-deen-ref.en.sgm": sgm(["Wrong direction."] * 3, "newstest2014", "ref")})
+    return corpora, valid, (test_en, test_de)
+
+
+@pytest.mark.slow
+def test_wmt14_offline_concatenation_cleaning_and_sgm_test(tmp_path):
+    raw_dir, out = tmp_path / "downloads", tmp_path / "wmt14"
+    corpora, valid, test = make_wmt14_archives(raw_dir)
+    run_script("prepare_wmt14_en_de.sh", "--raw-dir", raw_dir, "--out-dir", out, "--vocab-size", "150",
+               "--workers", "1", "--offline")
+    # train = europarl, commoncrawl, news-commentary in that order, each minus its ratio-3.5 pair.
+    expected_en = [line for name in ("europarl", "commoncrawl", "news-commentary") for line in corpora[name][0][:-1]]
+    expected_de = [line for name in ("europarl", "commoncrawl", "news-commentary") for line in corpora[name][1][:-1]]
+    assert read(out / "raw" / "train.en") == expected_en
+    assert read(out / "raw" / "train.de") == expected_de
+    # Moses punctuation normalisation: German quotes become ", cased, not tokenised.
+    assert read(out / "tok" / "train.de") == [line.replace("\u201e", '"').replace("\u201c", '"') for line in expected_de]
+    assert read(out / "raw" / "valid.en") == valid[0] and read(out / "raw" / "valid.de") == valid[1]
+    assert read(out / "raw" / "test.en") == test[0] and read(out / "raw" / "test.de") == test[1]
+    # normalize-punctuation.perl: curly quotes -> ", ’ -> ', and (English) the full stop moved inside quotes.
+    assert read(out / "tok" / "test.en") == ['Test "one."', "It's test two.", "Test three."]
+    assert_sentencepiece_consistent(out, "tok", "en", "de", splits=("train",))
+    assert_fairseq_bin(out / "bin", "en", "de", {"train": len(expected_en), "valid": 2, "test": 3})
+    record = json.loads((out / "prepare.json").read_text())
+    assert record["references"]["tokenised"] is None and record["references"]["postprocess"] == []
+    assert sorted(record["inputs"]) == ["commoncrawl", "dev", "europarl", "news-commentary", "test"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Archive failures: one clear line, nothing written
+
+def test_missing_archive_offline_names_it(tmp_path):
+    proc = run_script("prepare_iwslt14_de_en.sh", "--raw-dir", tmp_path / "none", "--out-dir", tmp_path / "out",
+                      "--offline", check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: missing archive: {tmp_path / 'none' / 'de-en.tgz'}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_incomplete_and_damaged_archives_are_reported(tmp_path):
+    raw_dir = tmp_path / "downloads"
+    make_tgz(raw_dir / "de-en.tgz", {"de-en/train.tags.de-en.de": ["a"], "de-en/train.tags.de-en.en": ["b"]})
+    proc = run_script("prepare_iwslt14_de_en.sh", "--raw-dir", raw_dir, "--out-dir", tmp_path / "out", "--offline",
+                      check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and "lacks de-en/IWSLT14.TED.dev2010.de-en.de.xml" in last
+    (raw_dir / "de-en.tgz").write_bytes((raw_dir / "de-en.tgz").read_bytes()[:40])  # truncated download
+    proc = run_script("prepare_iwslt14_de_en.sh", "--raw-dir", raw_dir, "--out-dir", tmp_path / "out", "--offline",
+                      check=False)
+    assert proc.returncode != 0 and "cannot be opened" in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_misaligned_archive_names_both_members_and_counts(iwslt14_archive, tmp_path):
+    _, archive, _, _ = iwslt14_archive
+    with tarfile.open(archive) as source:
+        members = {m.name: source.extractfile(m).read().decode().split("\n")[:-1] for m in source if m.isfile()}
+    members["de-en/train.tags.de-en.en"].append("One extra English line.")
+    raw_dir = tmp_path / "downloads"
+    make_tgz(raw_dir / "de-en.tgz", members)
+    proc = run_script("prepare_iwslt14_de_en.sh", "--raw-dir", raw_dir, "--out-dir", tmp_path / "out", "--offline",
+                      check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    de_count = len(members["de-en/train.tags.de-en.de"]) - 3 * 3  # minus url/keywords/talkid lines per talk
+    assert proc.returncode != 0
+    assert (f"line counts differ: {raw_dir / 'de-en.tgz'}:de-en/train.tags.de-en.de has {de_count} lines, "
+            f"{raw_dir / 'de-en.tgz'}:de-en/train.tags.de-en.en has {de_count + 1}") in last
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_worker_pool_gives_the_same_text_as_one_process(monkeypatch):
+    lines = [f"Mr. Smith’s {i}th „test“, isn't it?" for i in range(50)]
+    steps = ("apostrophe", "normalize-punctuation", "moses", "lowercase")
+    single = prepare.model_text(lines, "en", steps, workers=1, desc="single")
+    monkeypatch.setattr(prepare, "MIN_LINES_FOR_POOL", 1)
+    assert prepare.model_text(lines, "en", steps, workers=2, desc="pool") == single
+    # Moses for English: the comma moves inside the quotes, "isn't" -> "isn 't", "Mr." stays whole.
+    assert single[0] == "mr. smith 's 0th \" test , \" isn 't it ?"
+
+
+def test_iwslt_text_extraction_rules():
+    train = ["<url>http://www.ted.com/talks/a.html</url>", "<keywords>talks, art</keywords>",
+             "<speaker>Jane Doe</speaker>", "<talkid>7</talkid>", "<title>A Title</title>",
+             "<description>TED Talk: about art</description>", "  First sentence.  ", "Second one."]
+    assert prepare.iwslt_train_lines(train, ("<url>", "<talkid>", "<keywords>")) == [
+        "<speaker>Jane Doe</speaker>", "A Title", "TED Talk: about art", "First sentence.", "Second one."]
+    assert prepare.iwslt_train_lines(train, ("<url>", "<talkid>", "<keywords>", "<speaker>")) == [
+        "A Title", "TED Talk: about art", "First sentence.", "Second one."]
+    xml = ['<doc docid="1">', "<title>Not this</title>", '<seg id="1"> Hello  there. </seg>',
+           '<seg id="12">It\u2019s &amp; more.</seg>', "</doc>"]
+    assert prepare.iwslt_xml_lines(xml) == ["Hello  there.", "It\u2019s &amp; more."]
+
+
+def test_zip_archives_are_verified_and_read_like_tarballs(tmp_path):
+    import zipfile
+    path = tmp_path / "fr-en.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("fr-en/train.tags.fr-en.fr", "un\ndeux\n")
+        archive.writestr("fr-en/train.tags.fr-en.en", "one\ntwo\n")
+    assert prepare.verify_archive(path, ["fr-en/train.tags.fr-en.fr"]) is None
+    assert prepare.verify_archive(path, ["fr-en/missing"]) == "lacks fr-en/missing"
+    assert prepare.read_archive_members(path, ["fr-en/train.tags.fr-en.en"]) == {
+        "fr-en/train.tags.fr-en.en": ["one", "two"]}
+    tgz = make_tgz(tmp_path / "x.tgz", {"a/b.txt": ["é", "ü"]})
+    assert prepare.read_archive_members(tgz, ["a/b.txt"]) == {"a/b.txt": ["é", "ü"]}
+    (tmp_path / "bad.tgz").write_bytes(b"not a tarball")
+    assert prepare.verify_archive(tmp_path / "bad.tgz", ["a"]).startswith("cannot be opened")
+
+
+def test_invalid_utf8_inside_an_archive_names_member_and_line(tmp_path):
+    path = tmp_path / "x.tgz"
+    with tarfile.open(path, "w:gz") as archive:
+        data = b"fine\nalso fine\nbroken \xe9 here\n"
+        info = tarfile.TarInfo("de-en/train.tags.de-en.de")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    with pytest.raises(prepare.DataPrepError, match=r"x\.tgz:de-en/train\.tags\.de-en\.de: line 3: invalid UTF-8"):
+        prepare.read_archive_members(path, ["de-en/train.tags.de-en.de"])

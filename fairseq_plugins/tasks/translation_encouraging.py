@@ -86,6 +86,15 @@ class TranslationEncouragingTask(TranslationTask):
             criterion.with_stats = True
         return super().valid_step(sample, model, criterion)
 
+    def get_batch_iterator(self, dataset, *args, **kwargs):
+        # fairseq 0.12's batch_by_size drops the last batch when its size is not a multiple of
+        # --required-batch-size-multiple (default 8; facebookresearch/fairseq#5036): validation
+        # BLEU and fairseq-generate silently lose up to a whole batch of sentences. Harmless for
+        # training (a remainder per epoch), so the multiple is kept there and dropped elsewhere.
+        if dataset is not self.datasets.get(self.cfg.train_subset) and "required_batch_size_multiple" in kwargs:
+            kwargs["required_batch_size_multiple"] = 1
+        return super().get_batch_iterator(dataset, *args, **kwargs)
+
     def reduce_metrics(self, logging_outputs, criterion):
         # Not TranslationTask's: it keeps the BLEU n-gram counts in meters as numpy arrays, which
         # land in every checkpoint's metrics state (extra_state/metrics) and make checkpoint_last.pt
