@@ -6,7 +6,7 @@ SRC_LANG=en
 TGT_LANG=de
 # Made by data_prep/prepare_wmt14_en_de.sh.
 DATA_DIR=${DATA_DIR:-data/wmt14.en-de}
-# Cased, Moses-tokenised, joint BPE 32k (newstest2013 valid, newstest2014 test).
+# Cased raw text, joint SentencePiece BPE 32k (newstest2013 valid, newstest2014 test).
 # How DATA_DIR is made (shown when it is missing).
 PREPARE_COMMAND="data_prep/prepare_wmt14_en_de.sh --out-dir $DATA_DIR --workers 16"
 
@@ -15,7 +15,7 @@ TRAIN_ARGS=(
   --task translation_encouraging --diagnostics-interval 10
   # Validation BLEU each epoch picks checkpoint_best.pt, as the paper's runs did.
   --eval-bleu --eval-bleu-args '{"beam": 5, "max_len_a": 1.2, "max_len_b": 10}'
-  --eval-bleu-remove-bpe sentencepiece --eval-bleu-detok moses
+  --eval-bleu-remove-bpe sentencepiece --eval-bleu-detok space
   --best-checkpoint-metric bleu --maximize-best-checkpoint-metric
   --arch transformer_wmt_en_de --share-all-embeddings
   --optimizer adam --adam-betas '(0.9, 0.98)'

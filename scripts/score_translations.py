@@ -8,7 +8,8 @@ Reported, each labelled:
                        (DATA/raw/SPLIT.TGT), with its signature. Hypotheses get the post-processing
                        DATA/prepare.json lists (Moses detokenisation; lower-cased comparison).
   compound_split_bleu  (with --compound-split) the WMT En-De convention: tokenised BLEU after splitting
-                       hyphenated compounds ("a-b" -> "a ##AT##-##AT## b") in hypotheses and references.
+                       hyphenated compounds ("a-b" -> "a ##AT##-##AT## b") in hypotheses and references
+                       (Moses-tokenised first when the corpus was not).
 """
 import argparse
 import json
@@ -55,6 +56,12 @@ def split_compounds(lines):
     return [COMPOUND.sub(r"\1 ##AT##-##AT## \2", line) for line in lines]
 
 
+def moses_tokenise(lines, lang):
+    from sacremoses import MosesTokenizer
+    tokenizer = MosesTokenizer(lang=lang)
+    return [tokenizer.tokenize(line, escape=False, return_str=True) for line in lines]
+
+
 def detokenise(lines, postprocess, lang):
     if "moses-detokenise" in postprocess:
         from sacremoses import MosesDetokenizer
@@ -89,6 +96,10 @@ def score(generate_output, data_dir, subset, tgt_lang, compound_split=False):
         "postprocess": postprocess,
     }
     if compound_split:
+        if "moses-detokenise" not in postprocess:
+            # the corpus was not Moses-tokenised (e.g. SentencePiece on raw WMT text): tokenise both
+            # sides first, since the convention is BLEU on tokenised text
+            hypotheses, tokenised_refs = moses_tokenise(hypotheses, tgt_lang), moses_tokenise(tokenised_refs, tgt_lang)
         split = sacrebleu.BLEU(tokenize="none", smooth_method="none", force=True)
         results["compound_split_bleu"] = round(
             split.corpus_score(split_compounds(hypotheses), [split_compounds(tokenised_refs)]).score, 2)

@@ -226,3 +226,16 @@ def test_score_moses_detokenised_and_compound_split(tmp_path):
     unsplit = sacrebleu.corpus_bleu(hypotheses, [references], tokenize="none", smooth_method="none").score
     assert expected != pytest.approx(unsplit, abs=0.5), "the example must be sensitive to the splitting"
     assert results["compound_split_bleu"] == pytest.approx(expected, abs=0.01)
+    # A corpus prepared without Moses (WMT14 here is SentencePiece on raw text): the scorer
+    # Moses-tokenises both sides before splitting, and must land on the same tokenised strings.
+    raw_hypotheses = ["Das ist ein Staats-Vertrag, sagte er.", "Die Ost-West-Beziehung ist gut."]
+    generate.write_text("".join(f"S-{i}\tx\nT-{i}\t{r}\nH-{i}\t-0.5\t{h}\n"
+                                for i, (h, r) in enumerate(zip(raw_hypotheses, raw))))
+    (tmp_path / "prepare.json").write_text(json.dumps({"references": {"postprocess": []}}))
+    subprocess.run([sys.executable, str(SCRIPTS / "score_translations.py"), "--generate-output", str(generate),
+                    "--data-dir", str(tmp_path), "--tgt-lang", "de", "--compound-split", "--output", str(output)],
+                   check=True, cwd=REPO)
+    raw_results = json.loads(output.read_text())
+    assert raw_results["compound_split_bleu"] == pytest.approx(expected, abs=0.01)
+    assert raw_results["sacrebleu"] == pytest.approx(sacrebleu.corpus_bleu(raw_hypotheses, [raw]).score, abs=0.01)
+    assert raw_results["tokenized_bleu"] is None  # no fairseq summary line in this file
