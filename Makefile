@@ -20,5 +20,8 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+demo: install
+	PYTHON=$(PY) bash scripts/demo.sh
+
 clean:
 	rm -rf .pytest_cache build *.egg-info

@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Averages the parameters of the last N fairseq checkpoints of a run into one checkpoint.
+
+Loading goes through fairseq_plugins.checkpoints, so every checkpoint is read with
+torch.load(weights_only=True) and an unreadable one is reported by name. The average is accumulated
+in float64 and stored in each parameter's own dtype; everything else (config, dictionaries' args)
+comes from the newest checkpoint. The output is written under a temporary name and renamed.
+
+  average_checkpoints.py --inputs RUN/checkpoints --num-epoch-checkpoints 10 --output RUN/checkpoint_avg.pt
+  average_checkpoints.py --inputs a.pt b.pt c.pt --output avg.pt
+"""
+import argparse
+import collections
+import logging
+import os
+import re
+import sys
+
+import torch
+from omegaconf import OmegaConf
+
+from fairseq_plugins.checkpoints import CheckpointLoadError, load_checkpoint_to_cpu
+
+LOG = logging.getLogger("average_checkpoints")
+EPOCH_CHECKPOINT = re.compile(r"^checkpoint(\d+)\.pt$")
+UPDATE_CHECKPOINT = re.compile(r"^checkpoint_\d+_(\d+)\.pt$")
+
+
+class AveragingError(Exception):
+    """Bad input: reported as one line."""
+
+
+def last_checkpoints(directory, count, pattern):
+    """The `count` checkpoints in `directory` whose name matches `pattern`, highest number first."""
+    if not os.path.isdir(directory):
+        raise AveragingError(f"--inputs {directory} is not a directory")
+    numbered = sorted(((int(match.group(1)), name) for name in os.listdir(directory)
+                       if (match := pattern.match(name))), reverse=True)
+    if not numbered:
+        raise AveragingError(f"no checkpoints named like {pattern.pattern} in {directory}")
+    if len(numbered) < count:
+        LOG.warning("asked for the last %d checkpoints but %s has only %d; averaging those",
+                    count, directory, len(numbered))
+    return [os.path.join(directory, name) for _, name in numbered[:count]]
+
+
+def average_states(paths):
+    """The newest state (paths[0]) with its model parameters replaced by the mean over `paths`."""
+    sums, newest, dtypes = collections.OrderedDict(), None, {}
+    for path in paths:
+        state = load_checkpoint_to_cpu(path)
+        model = state["model"]
+        if newest is None:
+            newest = state
+            dtypes = {key: value.dtype for key, value in model.items()}
+        elif set(model) != set(sums):
+            missing = sorted(set(sums) ^ set(model))[:3]
+            raise AveragingError(f"{path} has different parameters from {paths[0]} (e.g. {', '.join(missing)})")
+        for key, value in model.items():
+            if not torch.is_floating_point(value):
+                sums.setdefault(key, value)  # integer buffers (e.g. version counters): keep the newest
+                continue
+            if key in sums and sums[key].shape != value.shape:
+                raise AveragingError(f"{path}: parameter {key} has shape {tuple(value.shape)}, "
+                                     f"but {tuple(sums[key].shape)} in {paths[0]}")
+            sums[key] = sums[key] + value.double() if key in sums else value.double().clone()
+    averaged = collections.OrderedDict(
+        (key, (value / len(paths)).to(dtypes[key]) if torch.is_floating_point(value) else value)
+        for key, value in sums.items())
+    newest["model"] = averaged
+    # fairseq's loader turns the config into an OmegaConf object; store it as fairseq itself does
+    # (plain containers), or the averaged file would not load under weights_only=True.
+    if OmegaConf.is_config(newest.get("cfg")):
+        newest["cfg"] = OmegaConf.to_container(newest["cfg"], resolve=True, enum_to_str=True)
+    # The optimizer state belongs to the newest weights only; an averaged model must not resume with it.
+    newest["last_optimizer_state"] = None
+    return newest
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--inputs", nargs="+", required=True,
+                        help="checkpoint files, or one run's checkpoint directory with --num-*-checkpoints")
+    parser.add_argument("--output", required=True, help="averaged checkpoint to write")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--num-epoch-checkpoints", type=int, help="average the last N checkpointE.pt")
+    group.add_argument("--num-update-checkpoints", type=int, help="average the last N checkpoint_E_U.pt")
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO)
+    try:
+        count = args.num_epoch_checkpoints or args.num_update_checkpoints
+        if count is not None:
+            if len(args.inputs) != 1:
+                raise AveragingError("--num-*-checkpoints needs exactly one --inputs directory")
+            if count < 1:
+                raise AveragingError(f"--num-*-checkpoints must be at least 1, got {count}")
+            pattern = EPOCH_CHECKPOINT if args.num_epoch_checkpoints else UPDATE_CHECKPOINT
+            paths = last_checkpoints(args.inputs[0], count, pattern)
+        else:
+            paths = args.inputs
+            for path in paths:
+                if not os.path.isfile(path):
+                    raise AveragingError(f"--inputs {path}: no such checkpoint file")
+        LOG.info("averaging %d checkpoints: %s", len(paths), ", ".join(os.path.basename(p) for p in paths))
+        state = average_states(paths)
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        temporary = f"{args.output}.tmp-{os.getpid()}"
+        try:
+            torch.save(state, temporary)
+            os.replace(temporary, args.output)
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+        LOG.info("wrote %s", args.output)
+    except (AveragingError, CheckpointLoadError) as error:
+        print(f"error: average_checkpoints.py: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Scores a fairseq-generate output file and writes the results as JSON (atomically).
+
+Reported, each labelled:
+  tokenized_bleu       fairseq's own BLEU (the "BLEU4 =" line): on the subword-decoded text, split at
+                       spaces. For IWSLT De-En (Moses-tokenised, lower-cased) this is what the paper reports.
+  sacrebleu            detokenised sacreBLEU against the untokenised references the data_prep step kept
+                       (DATA/raw/SPLIT.TGT), with its signature. Hypotheses get the post-processing
+                       DATA/prepare.json lists (Moses detokenisation; lower-cased comparison).
+  compound_split_bleu  (with --compound-split) the WMT En-De convention: tokenised BLEU after splitting
+                       hyphenated compounds ("a-b" -> "a ##AT##-##AT## b") in hypotheses and references
+                       (Moses-tokenised first when the corpus was not).
+"""
+import argparse
+import json
+import os
+import re
+import sys
+
+import sacrebleu
+
+FAIRSEQ_BLEU = re.compile(r"BLEU4? = ([0-9.]+)")
+COMPOUND = re.compile(r"(\S)-(\S)")
+
+
+class ScoringError(Exception):
+    """Bad input: reported as one line naming the file."""
+
+
+def read_generate_output(path):
+    """(hypotheses, references) in sentence-id order, and fairseq's BLEU4 from the summary line."""
+    hypotheses, references, fairseq_bleu = {}, {}, None
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            line = line.rstrip("\n")
+            if line.startswith("H-"):
+                sentence_id, _score, text = (line.split("\t", 2) + ["", ""])[:3]
+                hypotheses[int(sentence_id[2:])] = text
+            elif line.startswith("T-"):
+                sentence_id, text = (line.split("\t", 1) + [""])[:2]
+                references[int(sentence_id[2:])] = text
+            elif "BLEU" in line and (match := FAIRSEQ_BLEU.search(line)):
+                fairseq_bleu = float(match.group(1))
+    if not hypotheses:
+        raise ScoringError(f"{path}: no hypotheses (H- lines); is it fairseq-generate's output?")
+    if sorted(hypotheses) != sorted(references):
+        raise ScoringError(f"{path}: {len(hypotheses)} hypotheses but {len(references)} references (T- lines)")
+    ids = sorted(hypotheses)
+    if ids != list(range(len(ids))):
+        raise ScoringError(f"{path}: sentence ids are not 0..{len(ids) - 1}; was the whole subset generated?")
+    return [hypotheses[i] for i in ids], [references[i] for i in ids], fairseq_bleu
+
+
+def split_compounds(lines):
+    # One pass, exactly like fairseq's compound_split_bleu.sh (perl s{(\S)-(\S)}{...}g).
+    return [COMPOUND.sub(r"\1 ##AT##-##AT## \2", line) for line in lines]
+
+
+def moses_tokenise(lines, lang):
+    from sacremoses import MosesTokenizer
+    tokenizer = MosesTokenizer(lang=lang)
+    return [tokenizer.tokenize(line, escape=False, return_str=True) for line in lines]
+
+
+def detokenise(lines, postprocess, lang):
+    if "moses-detokenise" in postprocess:
+        from sacremoses import MosesDetokenizer
+        detokenizer = MosesDetokenizer(lang=lang)
+        return [detokenizer.detokenize(line.split()) for line in lines]
+    return lines
+
+
+def score(generate_output, data_dir, subset, tgt_lang, compound_split=False):
+    hypotheses, tokenised_refs, fairseq_bleu = read_generate_output(generate_output)
+    with open(os.path.join(data_dir, "prepare.json"), encoding="utf-8") as handle:
+        postprocess = json.load(handle).get("references", {}).get("postprocess", [])
+    raw_path = os.path.join(data_dir, "raw", f"{subset}.{tgt_lang}")
+    if not os.path.isfile(raw_path):
+        raise ScoringError(f"missing untokenised references {raw_path} (made by data_prep)")
+    with open(raw_path, encoding="utf-8") as handle:
+        raw_refs = handle.read().split("\n")
+    if raw_refs and raw_refs[-1] == "":
+        raw_refs.pop()
+    if len(raw_refs) != len(hypotheses):
+        raise ScoringError(f"{raw_path} has {len(raw_refs)} lines but {generate_output} has "
+                           f"{len(hypotheses)} hypotheses")
+    detokenised = detokenise(hypotheses, postprocess, tgt_lang)
+    metric = sacrebleu.BLEU(lowercase="compare-lowercased" in postprocess)
+    sacre = metric.corpus_score(detokenised, [raw_refs])
+    results = {
+        "tokenized_bleu": fairseq_bleu,
+        "sacrebleu": round(sacre.score, 2),
+        "sacrebleu_signature": str(metric.get_signature()),
+        "compound_split_bleu": None,
+        "sentences": len(hypotheses),
+        "postprocess": postprocess,
+    }
+    if compound_split:
+        if "moses-detokenise" not in postprocess:
+            # the corpus was not Moses-tokenised (e.g. SentencePiece on raw WMT text): tokenise both
+            # sides first, since the convention is BLEU on tokenised text
+            hypotheses, tokenised_refs = moses_tokenise(hypotheses, tgt_lang), moses_tokenise(tokenised_refs, tgt_lang)
+        split = sacrebleu.BLEU(tokenize="none", smooth_method="none", force=True)
+        results["compound_split_bleu"] = round(
+            split.corpus_score(split_compounds(hypotheses), [split_compounds(tokenised_refs)]).score, 2)
+    return results, detokenised
+
+
+def write_atomic(path, text):
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--generate-output", required=True, help="fairseq-generate's stdout")
+    parser.add_argument("--data-dir", required=True, help="data_prep output directory (prepare.json, raw/)")
+    parser.add_argument("--subset", default="test")
+    parser.add_argument("--tgt-lang", required=True)
+    parser.add_argument("--compound-split", action="store_true", help="also compound-split BLEU (WMT En-De)")
+    parser.add_argument("--output", required=True, help="results JSON")
+    parser.add_argument("--hypotheses-output", help="also write the detokenised hypotheses here")
+    parser.add_argument("--extra", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="more fields for the JSON (e.g. checkpoint=..., beam=5)")
+    args = parser.parse_args(argv)
+    try:
+        results, detokenised = score(args.generate_output, args.data_dir, args.subset, args.tgt_lang,
+                                     args.compound_split)
+    except (ScoringError, OSError, ValueError) as error:
+        print(f"error: score_translations.py: {error}", file=sys.stderr)
+        return 2
+    for pair in args.extra:
+        key, _, value = pair.partition("=")
+        results[key] = value
+    if args.hypotheses_output:
+        write_atomic(args.hypotheses_output, "".join(line + "\n" for line in detokenised))
+    write_atomic(args.output, json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

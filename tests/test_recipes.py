@@ -1,0 +1,241 @@
+"""The recipe scripts end to end on a reduced demo: scripts/demo.sh generates the synthetic corpus,
+prepares it with data_prep, trains baseline and encouraging loss (scripts/train.sh), evaluates them
+(scripts/evaluate.sh: checkpoint averaging, fairseq-generate, scoring) and compares them
+(scripts/compare.sh). The numbers it reports are checked against independent computations."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sacrebleu
+import torch
+
+from tests.conftest import REPO
+
+SCRIPTS = REPO / "scripts"
+# Small enough that the reduced demo runs in about a minute on 2 cores, big enough to learn some words.
+REDUCED_DEMO = {
+    "DEMO_TRAIN_SIZE": "2000", "DEMO_VALID_SIZE": "60", "DEMO_TEST_SIZE": "80", "DEMO_VOCAB_SIZE": "600",
+    "DEMO_DIM": "32", "DEMO_LAYERS": "1", "DEMO_MAX_EPOCH": "4", "DEMO_MAX_TOKENS": "1024",
+    "DEMO_WARMUP": "20", "DEMO_LR": "1e-2", "DEMO_AVERAGE_LAST": "2", "DEMO_BEAM": "2", "DEMO_WORKERS": "1",
+    "LOG_INTERVAL": "10",
+}
+
+
+def run_script(script, *args, env=None, check=True):
+    full_env = dict(os.environ, PYTHON=sys.executable, **(env or {}))
+    proc = subprocess.run(["bash", str(SCRIPTS / script), *map(str, args)], cwd=REPO, env=full_env,
+                          capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The reduced demo's output directory and its printed output."""
+    out = tmp_path_factory.mktemp("demo")
+    proc = run_script("demo.sh", env=dict(REDUCED_DEMO, DEMO_DIR=str(out)))
+    return out, proc.stdout + proc.stderr
+
+
+def generate_lines(path, prefix):
+    lines = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.startswith(prefix):
+            key, *fields = line.split("\t")
+            lines[int(key[len(prefix):])] = fields[-1]
+    return [lines[i] for i in sorted(lines)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["baseline", "encouraging"])
+def test_evaluate_reports_bleu_that_sacrebleu_reproduces(demo, loss):
+    out, _ = demo
+    eval_dir = out / "runs" / "demo" / loss / "seed1" / "eval"
+    results = json.loads((eval_dir / "test.results.json").read_text())
+    hypotheses = generate_lines(eval_dir / "test.generate.txt", "H-")
+    assert len(hypotheses) == int(REDUCED_DEMO["DEMO_TEST_SIZE"]) == results["sentences"]
+    # fairseq's tokenised BLEU = unsmoothed BLEU on space-split decoded text; a model this small
+    # scores near 0, so the n-gram precisions fairseq prints are compared too
+    tokenised = sacrebleu.corpus_bleu(hypotheses, [generate_lines(eval_dir / "test.generate.txt", "T-")],
+                                      tokenize="none", smooth_method="none", force=True)
+    assert results["tokenized_bleu"] == pytest.approx(tokenised.score, abs=0.01)
+    summary = re.search(r"BLEU4 = [0-9.]+, ([0-9.]+)/([0-9.]+)/([0-9.]+)/([0-9.]+)",
+                        (eval_dir / "test.generate.txt").read_text())
+    fairseq_precisions = [float(p) for p in summary.groups()]
+    assert fairseq_precisions == pytest.approx(tokenised.precisions, abs=0.051)
+    assert fairseq_precisions[0] > 5, "the reduced demo should have learned some words"
+    # sacreBLEU against the corpus generator's own test references (no Moses step for the demo)
+    references = (out / "corpus" / "test.tgt").read_text(encoding="utf-8").splitlines()
+    expected = sacrebleu.corpus_bleu(hypotheses, [references])
+    assert expected.score > 0 and results["sacrebleu"] == pytest.approx(expected.score, abs=0.01)
+    assert results["sacrebleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    assert results["loss"] == loss and results["beam"] == REDUCED_DEMO["DEMO_BEAM"]
+
+
+@pytest.mark.slow
+def test_averaged_checkpoint_is_the_mean_of_the_last_epochs(demo, tmp_path):
+    out, _ = demo
+    checkpoints = out / "runs" / "demo" / "encouraging" / "seed1" / "checkpoints"
+    epochs = sorted(int(m.group(1)) for p in checkpoints.iterdir() if (m := re.fullmatch(r"checkpoint(\d+)\.pt", p.name)))
+    assert len(epochs) == 2, "--keep-last-epochs 2 keeps two epoch checkpoints"
+    output = tmp_path / "avg.pt"
+    subprocess.run([sys.executable, str(SCRIPTS / "average_checkpoints.py"), "--inputs", str(checkpoints),
+                    "--num-epoch-checkpoints", "2", "--output", str(output)], check=True, cwd=REPO,
+                   env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True)
+    states = [torch.load(checkpoints / f"checkpoint{e}.pt", map_location="cpu", weights_only=False)["model"]
+              for e in epochs]
+    averaged = torch.load(output, map_location="cpu", weights_only=False)["model"]
+    assert set(averaged) == set(states[0])
+    float_keys = [k for k, v in states[0].items() if v.is_floating_point()]
+    assert float_keys
+    for key in float_keys:
+        torch.testing.assert_close(averaged[key], (states[0][key] + states[1][key]) / 2, rtol=1e-6, atol=1e-7)
+    assert any(not torch.equal(states[0][k], states[1][k]) for k in float_keys), "epochs must differ"
+    # evaluate.sh averaged the same two checkpoints
+    evaluated = torch.load(checkpoints / "checkpoint_avg_last2.pt", map_location="cpu", weights_only=False)["model"]
+    for key in float_keys:
+        torch.testing.assert_close(evaluated[key], averaged[key])
+
+
+def test_average_checkpoints_errors_name_the_culprit(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "average_checkpoints.py"), "--inputs", str(tmp_path),
+                           "--num-epoch-checkpoints", "3", "--output", str(tmp_path / "a.pt")],
+                          cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: average_checkpoints.py: no checkpoints")
+    assert str(tmp_path) in proc.stderr
+
+
+@pytest.mark.slow
+def test_compare_table_and_plot(demo):
+    out, printed = demo
+    summary = json.loads((out / "comparison.json").read_text())
+    table = (out / "comparison.md").read_text()
+    for run in summary["runs"]:
+        results = json.loads((Path(run["dir"]) / "eval" / "test.results.json").read_text())
+        assert run["results"]["tokenized_bleu"] == results["tokenized_bleu"]
+        metric = summary["metrics"]["tokenized_bleu"][run["loss"]]
+        assert metric["mean"] == pytest.approx(results["tokenized_bleu"]) and metric["seeds"] == 1
+        assert f"| {results['tokenized_bleu']:.2f} |" in table.split("\n| run |")[0]
+    png = (out / "comparison.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+    # both runs logged the diagnostics the plot shows (the baseline is encouraging_ls with rho 0)
+    for loss in ("baseline", "encouraging"):
+        log = (out / "runs" / "demo" / loss / "seed1" / "train.log").read_text()
+        assert re.search(r'"valid_p_target": "?[0-9.]+', log) and re.search(r'"p_gt_half": "?[0-9.]+', log)
+    assert f"table: {out / 'comparison.md'}" in printed and f"plot:  {out / 'comparison.png'}" in printed
+    assert re.search(r"baseline: tokenised BLEU [0-9.]+, sacreBLEU [0-9.]+", printed)
+    assert re.search(r"encouraging: tokenised BLEU [0-9.]+, sacreBLEU [0-9.]+", printed)
+
+
+def test_compare_mean_and_std_over_seeds(tmp_path):
+    """compare.py on hand-made runs: mean, sample std and delta against values computed here."""
+    scores = {"baseline": [30.0, 32.0, 34.0], "encouraging": [33.0, 33.5]}
+    runs = []
+    for loss, values in scores.items():
+        for seed, value in enumerate(values, 1):
+            run = tmp_path / loss / f"seed{seed}"
+            (run / "eval").mkdir(parents=True)
+            (run / "run.json").write_text(json.dumps({"loss": loss, "seed": seed}))
+            (run / "eval" / "test.results.json").write_text(json.dumps(
+                {"tokenized_bleu": value, "sacrebleu": value - 1, "compound_split_bleu": None,
+                 "sacrebleu_signature": "sig"}))
+            (run / "train.log").write_text(
+                '2026-01-01 00:00:00 | INFO | valid | {"epoch": 1, "valid_nll_loss": "3.1", '
+                '"valid_p_target": "0.4", "valid_p_gt_half": "0.3", "valid_num_updates": "10"}\n')
+            runs.append(str(run))
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "compare.py"), "--recipe", "x", "--runs", *runs,
+                           "--out-dir", str(tmp_path / "out"), "--paper-baseline", "35.09 +- 0.07",
+                           "--paper-encouraging", "35.50 +- 0.11"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((tmp_path / "out" / "comparison.json").read_text())["metrics"]
+    assert metrics["tokenized_bleu"]["baseline"]["mean"] == pytest.approx(32.0)
+    assert metrics["tokenized_bleu"]["baseline"]["std"] == pytest.approx(2.0)  # sample std of 30, 32, 34
+    assert metrics["tokenized_bleu"]["encouraging"]["std"] == pytest.approx(0.5 / 2 ** 0.5)  # of 33, 33.5
+    assert metrics["tokenized_bleu"]["delta"] == pytest.approx(33.25 - 32.0)
+    assert "compound_split_bleu" not in metrics
+    table = (tmp_path / "out" / "comparison.md").read_text()
+    assert "| tokenised BLEU (fairseq) | 32.00 +- 2.00 | 33.25 +- 0.35 | +1.25 | 35.09 +- 0.07 | 35.50 +- 0.11 |" in table
+    assert "| detokenised sacreBLEU | 31.00 +- 2.00 | 32.25 +- 0.35 | +1.25 |  |  |" in table
+
+
+def test_unknown_recipe_is_one_line_naming_it_and_the_known_ones():
+    for script in ("train.sh", "compare.sh"):
+        proc = run_script(script, "iwslt99_xx_yy", check=False)
+        assert proc.returncode == 2
+        assert proc.stderr.strip().splitlines() == [
+            "error: unknown recipe 'iwslt99_xx_yy' (known: demo iwslt14_de_en iwslt17_fr_en wmt14_en_de; "
+            f"recipes live in {REPO / 'configs'})"]
+
+
+def test_train_without_prepared_data_says_how_to_make_it(tmp_path):
+    proc = run_script("train.sh", "iwslt14_de_en", "--data-dir", tmp_path / "nothing", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: no prepared corpus in {tmp_path / 'nothing'} (missing bin/dict.de.txt); "
+        f"make it with: data_prep/prepare_iwslt14_de_en.sh --out-dir data/iwslt14.de-en"]
+
+
+@pytest.mark.slow
+def test_train_records_the_exact_command_and_cpu_fallback(demo):
+    out, printed = demo
+    run = out / "runs" / "demo" / "baseline" / "seed1"
+    info = json.loads((run / "run.json").read_text())
+    assert info["loss"] == "baseline" and info["seed"] == 1 and info["fp16"] is False and info["workers"] == 1
+    command = (run / "command.sh").read_text()
+    assert "fairseq_cli.train" in command and "--bonus-rho 0" in command and "--cpu" in command
+    assert "--max-epoch 4" in command and "--log-format json" in command
+    assert "WARNING: no GPU visible; training on CPU in float32" in printed
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_score_moses_detokenised_and_compound_split(tmp_path):
+    """The WMT En-De path of score_translations.py on a handmade fairseq-generate output: Moses
+    detokenisation before sacreBLEU, and compound splitting before tokenised BLEU."""
+    hypotheses = ["Das ist ein Staats-Vertrag , sagte er .", "Die Ost-West-Beziehung ist gut ."]
+    references = ["Das ist ein Staats-Vertrag , sagte sie .", "Die Ost-West-Beziehungen sind gut ."]
+    raw = ["Das ist ein Staats-Vertrag, sagte sie.", "Die Ost-West-Beziehungen sind gut."]
+    generate = tmp_path / "generate.txt"
+    generate.write_text("".join(f"S-{i}\tx\nT-{i}\t{r}\nH-{i}\t-0.5\t{h}\n"
+                                for i, (h, r) in enumerate(zip(hypotheses, references)))
+                        + "Generate test with beam=4: BLEU4 = 12.34, 1/1/1/1 (BP=1.000)\n")
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "test.de").write_text("\n".join(raw) + "\n")
+    (tmp_path / "prepare.json").write_text(json.dumps({"references": {"postprocess": ["moses-detokenise"]}}))
+    output = tmp_path / "results.json"
+    subprocess.run([sys.executable, str(SCRIPTS / "score_translations.py"), "--generate-output", str(generate),
+                    "--data-dir", str(tmp_path), "--tgt-lang", "de", "--compound-split", "--output", str(output),
+                    "--hypotheses-output", str(tmp_path / "hyp.detok")], check=True, cwd=REPO)
+    results = json.loads(output.read_text())
+    assert results["tokenized_bleu"] == 12.34  # fairseq's own line, passed through
+    detokenised = (tmp_path / "hyp.detok").read_text().splitlines()
+    assert detokenised == ["Das ist ein Staats-Vertrag, sagte er.", "Die Ost-West-Beziehung ist gut."]
+    assert results["sacrebleu"] == pytest.approx(sacrebleu.corpus_bleu(detokenised, [raw]).score, abs=0.01)
+    # written out by hand: each "x-y" becomes "x ##AT##-##AT## y" (fairseq's compound_split_bleu.sh)
+    hypotheses_split = ["Das ist ein Staats ##AT##-##AT## Vertrag , sagte er .",
+                        "Die Ost ##AT##-##AT## West ##AT##-##AT## Beziehung ist gut ."]
+    references_split = ["Das ist ein Staats ##AT##-##AT## Vertrag , sagte sie .",
+                        "Die Ost ##AT##-##AT## West ##AT##-##AT## Beziehungen sind gut ."]
+    expected = sacrebleu.corpus_bleu(hypotheses_split, [references_split], tokenize="none",
+                                     smooth_method="none", force=True).score
+    unsplit = sacrebleu.corpus_bleu(hypotheses, [references], tokenize="none", smooth_method="none").score
+    assert expected != pytest.approx(unsplit, abs=0.5), "the example must be sensitive to the splitting"
+    assert results["compound_split_bleu"] == pytest.approx(expected, abs=0.01)
+    # A corpus prepared without Moses (WMT14 here is SentencePiece on raw text): the scorer
+    # Moses-tokenises both sides before splitting, and must land on the same tokenised strings.
+    raw_hypotheses = ["Das ist ein Staats-Vertrag, sagte er.", "Die Ost-West-Beziehung ist gut."]
+    generate.write_text("".join(f"S-{i}\tx\nT-{i}\t{r}\nH-{i}\t-0.5\t{h}\n"
+                                for i, (h, r) in enumerate(zip(raw_hypotheses, raw))))
+    (tmp_path / "prepare.json").write_text(json.dumps({"references": {"postprocess": []}}))
+    subprocess.run([sys.executable, str(SCRIPTS / "score_translations.py"), "--generate-output", str(generate),
+                    "--data-dir", str(tmp_path), "--tgt-lang", "de", "--compound-split", "--output", str(output)],
+                   check=True, cwd=REPO)
+    raw_results = json.loads(output.read_text())
+    assert raw_results["compound_split_bleu"] == pytest.approx(expected, abs=0.01)
+    assert raw_results["sacrebleu"] == pytest.approx(sacrebleu.corpus_bleu(raw_hypotheses, [raw]).score, abs=0.01)
+    assert raw_results["tokenized_bleu"] is None  # no fairseq summary line in this file
