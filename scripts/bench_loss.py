@@ -52,6 +52,9 @@ def parse_args(argv=None):
     parser.add_argument("--correct-fraction", type=float, default=0.5,
                         help="share of tokens whose target is the argmax, as in a model being trained (default: %(default)s)")
     parser.add_argument("--pad-fraction", type=float, default=0.05, help="share of padding tokens (default: %(default)s)")
+    parser.add_argument("--reference-max-elements", type=float, default=1.5e8,
+                        help="skip the reference above this many logits: it holds ~9 float32 copies "
+                             "(default: %(default).0e, i.e. up to 4096 x 32000)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per case (default: %(default)s)")
     parser.add_argument("--output", type=Path, default=None, help="also write the table (markdown) and JSON rows here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one case, JSON, internal
@@ -81,7 +84,10 @@ def main(argv=None):
     for number, case in enumerate(cases, 1):
         print(f"[{number}/{len(cases)}] {case['impl']} {case['tokens']}x{case['vocab']} {case['device']} {case['dtype']} ...",
               end=" ", file=sys.stderr, flush=True)
-        row = run_in_subprocess(case, args)
+        if case["impl"] == "reference" and case["tokens"] * case["vocab"] > args.reference_max_elements:
+            row = dict(case, error="skipped (--reference-max-elements)")
+        else:
+            row = run_in_subprocess(case, args)
         rows.append(row)
         print(row.get("error") or f"{row['median_s']:.3f} s, {row['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
     table = format_table(rows)

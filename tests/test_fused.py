@@ -2,7 +2,11 @@
 reference: values, gradients and diagnostics, across options, dtypes, reductions, chunkings and
 padding. The reference itself is checked against the paper's formulas in test_loss.py."""
 import functools
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +15,7 @@ import encouraging_loss.functional as functional
 from encouraging_loss import EncouragingLossOptions, encouraging_loss
 from encouraging_loss.ops.fused_chunked import fused_row_terms
 
+TESTS = Path(__file__).resolve().parent
 PAD = 1
 OPTION_SETS = {
     "paper": dict(label_smoothing=0.1, log_end=0.5),
@@ -201,3 +206,51 @@ def test_chunk_workers_leave_thread_settings_alone(chunk_elements):
     thread.join()
     assert torch.get_num_threads() == before
     assert seen == [before]
+
+
+def test_triton_kernel_matches_reference_in_triton_interpreter():
+    """The CUDA kernel's code, run by Triton's interpreter on CPU tensors (no GPU needed). The
+    interpreter is chosen when the kernel is defined, hence the fresh process."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS.parent), str(TESTS), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-c", "import test_fused; test_fused.check_triton_kernel()"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "checked" in proc.stdout
+
+
+def check_triton_kernel():
+    """Runs under TRITON_INTERPRET=1: the kernel against the reference on float64 copies of the same
+    (rounded) inputs, for every option set, several tiles a row (the last one ragged), fp32/bf16/fp16."""
+    from encouraging_loss.ops import triton_kernel
+    from encouraging_loss.ops.fused_chunked import fused_row_terms as chunked_row_terms
+
+    triton_kernel.MAX_BLOCK = 128  # 300 classes: three tiles, the last one ragged
+    checked = 0
+    cases = [(name, torch.float32) for name in sorted(OPTION_SETS)]
+    cases += [("paper", torch.bfloat16), ("paper", torch.float16)]
+    for name, dtype in cases:
+        options = EncouragingLossOptions(**OPTION_SETS[name])
+        logits, target = make_inputs(rows=13, vocab=300)
+        rounded = logits.to(dtype)
+        valid = target.ne(PAD)
+        upstream = torch.randn(13, dtype=torch.float64)
+        leaf = rounded.clone().requires_grad_()
+        terms = triton_kernel.triton_row_terms(leaf, target, valid, options, with_stats=True)
+        (terms.loss * upstream.float()).sum().backward()
+        exact_leaf = rounded.double().requires_grad_()
+        exact = chunked_row_terms(exact_leaf, target, valid, options, with_stats=True)
+        (exact.loss * upstream).sum().backward()
+        for part in ("loss", "nll", "ce", "bonus"):
+            torch.testing.assert_close(getattr(terms, part).double(), getattr(exact, part), rtol=1e-5, atol=2e-5,
+                                       msg=lambda m: f"{name} {dtype} {part}: {m}")
+        for stat, value in exact.stats.items():
+            torch.testing.assert_close(terms.stats[stat].double(), value.double(), rtol=1e-5, atol=1e-4,
+                                       msg=lambda m: f"{name} {dtype} stat {stat}: {m}")
+        # stored, then rescaled by the upstream gradient in backward: two roundings, with slack
+        storage_rtol = {torch.float32: 2**-20, torch.bfloat16: 2**-6, torch.float16: 2**-9}[dtype]
+        error = (leaf.grad.double() - exact_leaf.grad).abs()
+        allowed = storage_rtol * exact_leaf.grad.abs() + 1e-6 * exact_leaf.grad.abs().amax()
+        assert torch.all(error <= allowed), f"{name} {dtype} gradient: {(error / allowed).max().item()}"
+        checked += 1
+    print(f"checked {checked} cases")

@@ -30,6 +30,7 @@ from ..stats import RowTerms, token_stats
 DEFAULT_CHUNK_ELEMENTS = 1 << 18
 # What the sweep leaves per row (logits shifted by the row max z - m): sum_j (z_j - m), z_y - m,
 # max_{j != y} z_j - m, sum_{j != y} exp(z_j - m), sum_{j != y} b(p_j).
+SWEEPS = ("chunked", "triton")
 _ROW_SUMS = ("shifted_sum", "target_shifted", "others_max", "others_sum", "others_bonus")
 # fp16 gradients are stored scaled by a power of two per row (block floating point) so that small
 # entries such as eps / (V - 1) do not flush to zero before the loss scaler multiplies them.
@@ -38,23 +39,28 @@ FP16_GRAD_HEADROOM = 2.0**14
 
 def fused_row_terms(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
                     options: EncouragingLossOptions, row_weight: Optional[torch.Tensor] = None,
-                    with_stats: bool = True, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> RowTerms:
+                    with_stats: bool = True, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+                    sweep: str = "chunked") -> RowTerms:
     """Loss parts of (N, V) logits, backpropagating through a gradient computed in the forward sweep.
 
     With ``row_weight`` (a 0-dim tensor: 1 for a sum, 1/n for a mean) ``loss`` is already reduced,
     sum_i row_weight * loss_i, and backward is one multiply by the upstream scalar. Without it
     ``loss`` is per row (N,) and backward weights each row by its upstream gradient.
+    ``sweep``: 'chunked' (PyTorch ops, any device) or 'triton' (ops/triton_kernel.py), the part
+    that streams over the logits; everything else is shared.
     """
+    if sweep not in SWEEPS:
+        raise ValueError(f"sweep must be one of {', '.join(SWEEPS)}, got {sweep!r}")
     holder = {}
     loss = _FusedEncouragingLoss.apply(logits, target, valid, options, row_weight, with_stats,
-                                       chunk_elements, holder)
+                                       chunk_elements, sweep, holder)
     return RowTerms(loss=loss, nll=holder["nll"], ce=holder["ce"], bonus=holder["bonus"],
                     stats=holder.get("stats"))
 
 
 class _FusedEncouragingLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, target, valid, options, row_weight, with_stats, chunk_elements, holder):
+    def forward(ctx, logits, target, valid, options, row_weight, with_stats, chunk_elements, sweep, holder):
         rows, vocab = logits.shape
         device = logits.device
         math_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
@@ -70,20 +76,11 @@ class _FusedEncouragingLoss(torch.autograd.Function):
         index = target.masked_fill(~valid, 0).unsqueeze(-1)
         sums = {name: torch.zeros(rows, dtype=math_dtype, device=device) for name in _ROW_SUMS}
 
-        step = max(1, min(rows, chunk_elements // max(vocab, 1)))
-        staging = grad is not None and grad.dtype != math_dtype
-
-        def make_workspace():
-            return _Workspace(step, vocab, math_dtype, device, staging)
-
-        def process(start, work):
-            end = min(rows, start + step)
-            _chunk(logits[start:end], index[start:end], options, work,
-                   {name: part[start:end] for name, part in sums.items()},
-                   None if grad is None else (grad[start:end], grad_weight[start:end]),
-                   None if grad_row_scale is None else grad_row_scale[start:end])
-
-        _sweep(range(0, rows, step), process, make_workspace, device)
+        if sweep == "triton":
+            from .triton_kernel import triton_sweep
+            triton_sweep(logits, index, options, sums, grad, grad_weight, grad_row_scale)
+        else:
+            _chunked_sweep(logits, index, options, sums, grad, grad_weight, grad_row_scale, chunk_elements)
 
         # The loss parts, for all rows at once from the per-row sums.
         nll_weight, smooth_weight = smoothing_weights(options.label_smoothing, vocab)
@@ -116,10 +113,29 @@ class _FusedEncouragingLoss(torch.autograd.Function):
             grad.mul_(factor.unsqueeze(-1))
         elif float(factor) != 1.0:
             grad.mul_(factor)
-        return (grad,) + (None,) * 7
+        return (grad,) + (None,) * 8
 
 
-def _sweep(starts, process, make_workspace, device):
+def _chunked_sweep(logits, index, options, sums, grad, grad_weight, grad_row_scale, chunk_elements):
+    rows, vocab = logits.shape
+    math_dtype = sums["others_sum"].dtype
+    step = max(1, min(rows, chunk_elements // max(vocab, 1)))
+    staging = grad is not None and grad.dtype != math_dtype
+
+    def make_workspace():
+        return _Workspace(step, vocab, math_dtype, logits.device, staging)
+
+    def process(start, work):
+        end = min(rows, start + step)
+        _chunk(logits[start:end], index[start:end], options, work,
+               {name: part[start:end] for name, part in sums.items()},
+               None if grad is None else (grad[start:end], grad_weight[start:end]),
+               None if grad_row_scale is None else grad_row_scale[start:end])
+
+    _run_chunks(range(0, rows, step), process, make_workspace, logits.device)
+
+
+def _run_chunks(starts, process, make_workspace, device):
     """Runs ``process(start, workspace)`` for every chunk start.
 
     On a multi-core CPU the chunks go to a pool of single-threaded workers, one workspace each,
