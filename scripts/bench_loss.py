@@ -2,12 +2,14 @@
 """Time and peak memory of the loss alone, forward + backward: fairseq's label-smoothed CE vs the
 encouraging loss written the straightforward way (reference) vs the fused streaming version.
 
-Every case runs in a fresh subprocess so that peak memory is honest: on CPU it is the process's
-peak resident set (VmHWM, reset through /proc/self/clear_refs once the inputs exist) minus the
-resident set at that moment, i.e. what the loss added on top of logits and targets; on CUDA it is
-torch.cuda.max_memory_allocated over the same baseline. Times are medians over --repeats runs
-after one warm-up. Ratios are against fairseq's LS-CE measured in the same invocation, so they
-stay meaningful on a shared, noisy machine; absolute times do not.
+Times: per size, one subprocess runs the implementations interleaved (one warm-up each, then
+--repeats rounds, each round timing every implementation once, in rotating order); the table
+gives each one's median time and the median over rounds of its time / LS-CE's time in the same
+round, which stays meaningful on a shared, noisy machine where absolute times do not.
+Peak memory: each (implementation, size) in a fresh subprocess, one forward + backward; on CPU
+the process's peak resident set (VmHWM, reset through /proc/self/clear_refs once the inputs
+exist) minus the resident set at that moment, i.e. what the loss added on top of logits and
+targets; on CUDA torch.cuda.max_memory_allocated over the same baseline.
 
 On CUDA the table also gives the share of the bandwidth floor: the time of one read of the logits
 plus one write of a gradient of the same size (a device copy), over the measured time.
@@ -76,20 +78,37 @@ def main(argv=None):
     if "cuda" in devices and not torch.cuda.is_available():
         raise SystemExit("--devices cuda: no CUDA device is visible to torch")
     sizes = [(4096, 32000)] if args.quick else [(int(n), int(v)) for n in _split(args.tokens) for v in _split(args.vocab)]
-    cases = [dict(impl=impl, tokens=n, vocab=v, device=device, dtype=dtype)
-             for device in devices for dtype in _split(args.dtypes) for n, v in sizes for impl in impls]
 
     print(describe_environment(args, devices), flush=True)
     rows = []
-    for number, case in enumerate(cases, 1):
-        print(f"[{number}/{len(cases)}] {case['impl']} {case['tokens']}x{case['vocab']} {case['device']} {case['dtype']} ...",
+    groups = [(device, dtype, n, v) for device in devices for dtype in _split(args.dtypes) for n, v in sizes]
+    for number, (device, dtype, tokens, vocab) in enumerate(groups, 1):
+        size = dict(tokens=tokens, vocab=vocab, device=device, dtype=dtype)
+        runnable = [impl for impl in impls
+                    if impl != "reference" or tokens * vocab <= args.reference_max_elements]
+        print(f"[{number}/{len(groups)}] {tokens}x{vocab} {device} {dtype}: timing {','.join(runnable)} ...",
               end=" ", file=sys.stderr, flush=True)
-        if case["impl"] == "reference" and case["tokens"] * case["vocab"] > args.reference_max_elements:
-            row = dict(case, error="skipped (--reference-max-elements)")
-        else:
-            row = run_in_subprocess(case, args)
-        rows.append(row)
-        print(row.get("error") or f"{row['median_s']:.3f} s, {row['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
+        timing = run_in_subprocess(dict(size, mode="time", impls=runnable), args)
+        print("memory ...", end=" ", file=sys.stderr, flush=True)
+        for impl in impls:
+            row = dict(size, impl=impl)
+            if impl not in runnable:
+                row["error"] = "skipped (--reference-max-elements)"
+            elif "error" in timing:
+                row["error"] = timing["error"]
+            else:
+                row.update(median_s=statistics.median(timing["times"][impl]), times_s=timing["times"][impl],
+                           floor_s=timing.get("floor_s"))
+                if "lsce" in timing["times"]:
+                    row["time_ratio"] = statistics.median(
+                        t / base for t, base in zip(timing["times"][impl], timing["times"]["lsce"]))
+                memory = run_in_subprocess(dict(size, mode="memory", impls=[impl]), args)
+                if "error" in memory:
+                    row["error"] = memory["error"]
+                else:
+                    row["peak_mb"] = memory["peak_mb"]
+            rows.append(row)
+        print("done", file=sys.stderr, flush=True)
     table = format_table(rows)
     print(table)
     if args.output is not None:
@@ -118,7 +137,7 @@ def describe_environment(args, devices):
         lines.append(f"CUDA device: {torch.cuda.get_device_name()}")
     lines.append(f"label smoothing {args.label_smoothing}, LE {args.log_end}, logits ~ N(0, {args.logit_scale}^2), "
                  f"{args.correct_fraction:.0%} argmax targets, {args.pad_fraction:.0%} padding; "
-                 f"median of {args.repeats} after a warm-up; each case in a fresh process")
+                 f"times: medians of {args.repeats} interleaved rounds after a warm-up; memory: a fresh process each")
     return "\n".join(lines)
 
 
@@ -144,7 +163,7 @@ def run_in_subprocess(case, args):
 
 
 def run_case(case, args):
-    """Runs in the worker process: build inputs, reset the peak, time forward + backward."""
+    """Runs in the worker process: build inputs, then time (interleaved) or measure peak memory."""
     import torch
 
     if args.threads:
@@ -160,27 +179,31 @@ def run_case(case, args):
     target = torch.where(correct, logits.argmax(-1), target)
     target[torch.rand(tokens, generator=generator) < args.pad_fraction] = PAD
     logits, target = logits.to(device), target.to(device)
-    step = make_step(case["impl"], target, args)
-
-    def run_once():
-        leaf = logits.detach().requires_grad_()
-        step(leaf).backward()
-        return leaf.grad
-
+    steps = {impl: make_step(impl, target, args) for impl in case["impls"]}
     memory = PeakMemory(device)
-    memory.reset()
-    run_once()  # warm-up: allocator, thread pool, lazy imports
-    times = []
-    for _ in range(args.repeats):
+
+    def run_once(impl):
+        leaf = logits.detach().requires_grad_()
+        steps[impl](leaf).backward()
         memory.synchronize()
-        start = time.perf_counter()
-        run_once()
-        memory.synchronize()
-        times.append(time.perf_counter() - start)
-    row = dict(case, median_s=statistics.median(times), times_s=times, peak_mb=memory.peak_mb())
+
+    if case["mode"] == "memory":
+        memory.reset()
+        run_once(case["impls"][0])
+        return dict(peak_mb=memory.peak_mb())
+    for impl in steps:
+        run_once(impl)  # warm-up: allocator, thread pool, lazy imports
+    times = {impl: [] for impl in steps}
+    order = list(steps)
+    for round_number in range(args.repeats):
+        for impl in order[round_number % len(order):] + order[:round_number % len(order)]:
+            start = time.perf_counter()
+            run_once(impl)
+            times[impl].append(time.perf_counter() - start)
+    result = dict(times=times)
     if device.type == "cuda":
-        row["floor_s"] = bandwidth_floor_seconds(logits, args.repeats)
-    return row
+        result["floor_s"] = bandwidth_floor_seconds(logits, args.repeats)
+    return result
 
 
 def make_step(impl, target, args):
@@ -271,9 +294,10 @@ def bandwidth_floor_seconds(logits, repeats):
 
 def format_table(rows):
     baseline = {(r["device"], r["dtype"], r["tokens"], r["vocab"]): r for r in rows
-                if r["impl"] == "lsce" and "error" not in r}
-    with_floor = any("floor_s" in r for r in rows)
-    header = ["device", "dtype", "tokens x vocab", "implementation", "time (s)", "x LS-CE", "peak (MB)", "x LS-CE"]
+                if r["impl"] == "lsce" and "peak_mb" in r}
+    with_floor = any(r.get("floor_s") for r in rows)
+    header = ["device", "dtype", "tokens x vocab", "implementation", "time (s)", "time / LS-CE", "peak (MB)",
+              "peak / LS-CE"]
     if with_floor:
         header.append("floor share")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -283,11 +307,11 @@ def format_table(rows):
         if "error" in r:
             cells += [r["error"]] + [""] * (len(header) - 5)
         else:
-            time_ratio = f"{r['median_s'] / base['median_s']:.2f}" if base else "-"
+            time_ratio = f"{r['time_ratio']:.2f}" if "time_ratio" in r else "-"
             memory_ratio = f"{r['peak_mb'] / base['peak_mb']:.2f}" if base and base["peak_mb"] > 0 else "-"
             cells += [f"{r['median_s']:.3f}", time_ratio, f"{r['peak_mb']:.0f}", memory_ratio]
             if with_floor:
-                cells.append(f"{r['floor_s'] / r['median_s']:.0%}" if "floor_s" in r else "-")
+                cells.append(f"{r['floor_s'] / r['median_s']:.0%}" if r.get("floor_s") else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
