@@ -254,3 +254,20 @@ def check_triton_kernel():
         assert torch.all(error <= allowed), f"{name} {dtype} gradient: {(error / allowed).max().item()}"
         checked += 1
     print(f"checked {checked} cases")
+
+
+def test_backward_can_be_replayed_on_a_retained_graph(chunk_elements):
+    """gradcheck and retain_graph=True call backward again with other upstream gradients; the
+    gradient stored by the forward must not have been scaled in place by the first call."""
+    chunk_elements(5 * 101)
+    logits, target = make_inputs()
+    leaf = logits.clone().requires_grad_()
+    loss = encouraging_loss(leaf, target, ignore_index=PAD, reduction="none", impl="fused",
+                            **OPTION_SETS["paper"]).loss
+    reference_leaf = logits.clone().requires_grad_()
+    reference = encouraging_loss(reference_leaf, target, ignore_index=PAD, reduction="none",
+                                 impl="reference", **OPTION_SETS["paper"]).loss
+    for upstream in (torch.zeros_like(loss), torch.randn_like(loss), torch.ones_like(loss)):
+        (grad,) = torch.autograd.grad(loss, leaf, upstream, retain_graph=True)
+        (expected,) = torch.autograd.grad(reference, reference_leaf, upstream, retain_graph=True)
+        torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)

@@ -110,10 +110,12 @@ class _FusedEncouragingLoss(torch.autograd.Function):
         if grad_row_scale is not None:
             factor = factor / grad_row_scale
         if factor.dim() == 1:
-            grad.mul_(factor.unsqueeze(-1))
-        elif float(factor) != 1.0:
-            grad.mul_(factor)
-        return (grad,) + (None,) * 8
+            factor = factor.unsqueeze(-1)
+        elif float(factor) == 1.0:
+            return (grad,) + (None,) * 8  # the common case (a sum, no loss scaling): no copy
+        # Out of place: the graph may be retained and replayed (gradcheck does), so the stored
+        # gradient must stay as the forward left it.
+        return (grad * factor).to(grad.dtype), *(None,) * 8
 
 
 def _chunked_sweep(logits, index, options, sums, grad, grad_weight, grad_row_scale, chunk_elements):
