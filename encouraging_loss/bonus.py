@@ -44,9 +44,11 @@ def bonus_value_and_slope(p: torch.Tensor, one_minus_p: torch.Tensor, options: E
 def _raw_bonus(p, one_minus_p, options):
     kind = options.bonus
     if kind == "log":
-        # log(1 - p) up to p = LE, then its tangent: log(1 - LE) - (p - LE) / (1 - LE).
+        # log(1 - p) up to p = LE, then its tangent log(1 - LE) - (p - LE) / (1 - LE), written as
+        # 1 - (1 - p) / (1 - LE) because 1 - p is known more precisely than p near 1.
         end = min(options.log_end, MAX_LOG_END)
-        return torch.log(one_minus_p.clamp_min(1.0 - end)) - (p - end).clamp_min(0.0) / (1.0 - end)
+        return (torch.log(one_minus_p.clamp_min(1.0 - end))
+                - (1.0 - one_minus_p / (1.0 - end)).clamp_min(0.0))
     if kind == "power":
         return -p.pow(options.bonus_gamma)
     return torch.cos(p * math.pi) - 1.0

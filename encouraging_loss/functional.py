@@ -51,11 +51,12 @@ def encouraging_loss(logits: torch.Tensor, target: torch.Tensor,
     flat_logits = logits.reshape(-1, logits.size(-1))
     flat_target = target.reshape(-1)
     valid = flat_target.ne(ignore_index)
+    math_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     row_weight = None
     if reduction == "sum":
-        row_weight = torch.ones((), device=logits.device)
+        row_weight = torch.ones((), dtype=math_dtype, device=logits.device)
     elif reduction == "mean":
-        row_weight = 1.0 / valid.sum().clamp_min(1).to(torch.float32)
+        row_weight = 1.0 / valid.sum().clamp_min(1).to(math_dtype)
 
     if impl == "reference":
         terms = reference_row_terms(F.log_softmax(flat_logits.float() if flat_logits.dtype in

@@ -25,17 +25,20 @@ def reference_row_terms(lprobs: torch.Tensor, target: torch.Tensor, valid: torch
     nll = -target_lprob
     ce = nll_weight * nll - smooth_weight * lprobs.sum(-1)
 
-    probs = lprobs.exp()
-    bonus_all = bonus_value(probs, -torch.expm1(lprobs), options)
+    # 1 - p_y as the others' probability mass, logsumexp_{j != y} log p_j: exact when p_y rounds to
+    # 1, where 1 - exp(log p_y) would cancel (and its large bonus gradient would wipe out the rest).
+    others_lprobs = lprobs.scatter(-1, target, float("-inf"))
+    target_bonus = bonus_value(target_lprob.exp(), others_lprobs.logsumexp(-1).exp(), options)
+    others_bonus = bonus_value(lprobs.exp(), -torch.expm1(lprobs), options).scatter(-1, target, 0.0).sum(-1)
     eps_b = options.bonus_smoothing
-    bonus = (1.0 - eps_b) * bonus_all.gather(-1, target).squeeze(-1) + eps_b / vocab * bonus_all.sum(-1)
+    bonus = (1.0 - eps_b + eps_b / vocab) * target_bonus + eps_b / vocab * others_bonus
 
     zero = torch.zeros((), dtype=lprobs.dtype, device=lprobs.device)
     ce, nll, bonus = (torch.where(valid, t, zero) for t in (ce, nll, bonus))
     stats = None
     if with_stats:
         with torch.no_grad():
-            others_max = lprobs.detach().scatter(-1, target, float("-inf")).amax(-1)
+            others_max = others_lprobs.detach().amax(-1)
             stats = token_stats(target_lprob.detach(), target_lprob.detach() - others_max, valid, options)
     return RowTerms(loss=ce + options.bonus_rho * bonus, nll=nll.detach(), ce=ce.detach(),
                     bonus=bonus.detach(), stats=stats)

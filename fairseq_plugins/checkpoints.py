@@ -6,22 +6,27 @@ we allowlist exactly those classes (found with ``torch.serialization.get_unsafe_
 on checkpoints written by fairseq-train) and turn every load failure into one error naming the file.
 """
 import argparse
+import os
 import pickle
+import shutil
 import zipfile
 
 import numpy as np
 import torch
 from fairseq import checkpoint_utils
+from fairseq.file_io import PathManager
 
-# What fairseq checkpoints hold beyond tensors and builtins: the command-line args, and numpy
-# scalars where a best-metric value (a BLEU, say) was a numpy float.
+# What fairseq checkpoints hold beyond tensors and builtins: the command-line args; numpy scalars
+# where a best-metric value (a BLEU, say) was a numpy float; and numpy arrays, which the translation
+# task's --eval-bleu meters keep in the saved metrics state. Array elements are unpickled by the
+# same restricted unpickler, so none of these can run code.
 FAIRSEQ_CHECKPOINT_GLOBALS = [
     argparse.Namespace,
     np.dtype,
-    np.dtypes.Float64DType,
-    np.dtypes.Float32DType,
-    np.dtypes.Int64DType,
+    np.ndarray,
+    np._core.multiarray._reconstruct,
     np._core.multiarray.scalar,
+    *(type(np.dtype(name)) for name in ("float64", "float32", "float16", "int64", "int32", "bool")),
 ]
 
 
@@ -52,7 +57,23 @@ def _first_line(error):
     return lines[0] if lines else str(error).splitlines()[0]
 
 
+def copy_atomically(src_path, dst_path, overwrite=False):
+    """fairseq writes a checkpoint once (atomically) and *copies* it to checkpoint_last.pt / _best.pt;
+    a run killed during that copy would leave a half-written checkpoint_last.pt. Copy, then rename."""
+    if "://" in str(dst_path):  # remote storage: keep fairseq's own behaviour
+        return _fairseq_copy(src_path, dst_path, overwrite)
+    if not overwrite and os.path.exists(dst_path):
+        return False
+    partial = f"{dst_path}.partial"
+    shutil.copyfile(src_path, partial)
+    os.replace(partial, dst_path)
+    return True
+
+
 torch.serialization.add_safe_globals(FAIRSEQ_CHECKPOINT_GLOBALS)
+if PathManager.copy is not copy_atomically:
+    _fairseq_copy = PathManager.copy
+    PathManager.copy = staticmethod(copy_atomically)
 if getattr(checkpoint_utils.load_checkpoint_to_cpu, "__module__", "") != __name__:
     _fairseq_load_checkpoint_to_cpu = checkpoint_utils.load_checkpoint_to_cpu
     checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu

@@ -45,6 +45,28 @@ sys.exit(0 if all(importlib.util.find_spec(m) for m in sys.argv[1:]) else 1)
 PY
 }
 
+# True when every requirement (lines of a requirements file, or arguments) is installed at a matching
+# version; checked locally so that a second install does not ask any package index.
+satisfied() { "$py" - "$@" <<'PY' 2>/dev/null
+import importlib.metadata as metadata, pathlib, sys
+from packaging.requirements import Requirement
+lines = []
+for arg in sys.argv[1:]:
+    lines += pathlib.Path(arg).read_text().splitlines() if arg.endswith(".txt") else [arg]
+for line in lines:
+    line = line.split("#")[0].strip()
+    if not line:
+        continue
+    req = Requirement(line)
+    try:
+        version = metadata.version(req.name)
+    except metadata.PackageNotFoundError:
+        sys.exit(1)
+    if req.specifier and not req.specifier.contains(version, prereleases=True):
+        sys.exit(1)
+PY
+}
+
 if have torch; then
   echo "[install] keeping torch $("$py" -c 'import torch; print(torch.__version__)')"
 else
@@ -58,14 +80,18 @@ else
 fi
 
 # fairseq's runtime needs (its own metadata would pull torchaudio and old pins, hence --no-deps below).
-"${pip[@]}" install -q -r requirements.txt
+if satisfied requirements.txt; then
+  echo "[install] requirements.txt already satisfied"
+else
+  "${pip[@]}" install -q -r requirements.txt
+fi
 
-if have fairseq fairseq.data.data_utils_fast; then
-  echo "[install] keeping fairseq $("$py" -c 'import fairseq; print(fairseq.__version__)')"
+if satisfied "$FAIRSEQ_SPEC"; then
+  echo "[install] keeping $FAIRSEQ_SPEC"
 else
   echo "[install] building $FAIRSEQ_SPEC (C++/Cython extensions, a few minutes)"
   "${pip[@]}" install -q --no-deps --no-build-isolation "$FAIRSEQ_SPEC"
 fi
 
 
-"$py" -c 'import torch, fairseq, fairseq_plugins; print(f"[install] ok: torch {torch.__version__}, fairseq {fairseq.__version__}")'
+"$py" -c 'import torch, fairseq, fairseq_plugins; print(f"[install] ok: torch {torch.__version__}, fairseq {fairseq.__version__}")' 2>&1 | grep '^\[install\]'

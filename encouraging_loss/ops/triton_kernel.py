@@ -101,7 +101,8 @@ if triton is not None:
         # b(p) and p b'(p), as bonus.bonus_value_and_slope; both are 0 at p = 0.
         if BONUS == 0:  # log(1 - p) up to LE, then its tangent
             clamped = tl.maximum(one_minus_p, 1.0 - log_end)
-            value = tl.log(clamped) - tl.maximum(p - log_end, 0.0) / (1.0 - log_end)
+            # the tangent from 1 - p, known more precisely than p near 1 (as bonus.py)
+            value = tl.log(clamped) - tl.maximum(1.0 - one_minus_p / (1.0 - log_end), 0.0)
             slope = -p / clamped
         elif BONUS == 1:  # -p^gamma
             power = tl.where(p > 0.0, tl.exp(gamma * tl.log(tl.maximum(p, 1e-38))), 0.0)

@@ -1,0 +1,124 @@
+"""The encouraging_ls criterion inside real fairseq: equivalence, logging, flags, options."""
+import math
+
+import pytest
+import torch
+
+from conftest import TINY_TRANSFORMER, USER_DIR, run_tool
+
+fairseq = pytest.importorskip("fairseq")
+from fairseq import metrics, options, tasks, utils  # noqa: E402
+from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion  # noqa: E402
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf  # noqa: E402
+
+
+def build(data_bin, *extra):
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, [
+        str(data_bin), "--task", "translation", "--source-lang", "src", "--target-lang", "tgt",
+        *TINY_TRANSFORMER, "--dropout", "0", "--user-dir", USER_DIR, "--criterion", "encouraging_ls",
+        "--label-smoothing", "0.1", "--cpu", *extra])
+    utils.import_user_module(args)
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    return cfg, task
+
+
+@pytest.fixture(scope="module")
+def setup(toy_data_bin):
+    cfg, task = build(toy_data_bin)
+    task.load_dataset("valid")
+    torch.manual_seed(0)
+    model = task.build_model(cfg.model)
+    iterator = task.get_batch_iterator(task.dataset("valid"), max_tokens=400, seed=1).next_epoch_itr(shuffle=False)
+    return cfg, task, model, next(iterator)
+
+
+def loss_and_grads(criterion, model, sample):
+    model.zero_grad()
+    loss, sample_size, logging_output = criterion(model, sample)
+    loss.backward()
+    return loss.detach(), sample_size, logging_output, [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+@pytest.mark.parametrize("prefix,sentence_avg", [(0, False), (1, True)])
+def test_rho_zero_equals_fairseq_label_smoothed_cross_entropy(setup, toy_data_bin, impl, prefix, sentence_avg):
+    _, _, model, sample = setup
+    extra = ["--bonus-rho", "0", "--el-impl", impl, "--report-accuracy", "--ignore-prefix-size", str(prefix)]
+    cfg, task = build(toy_data_bin, *extra, *(["--sentence-avg"] if sentence_avg else []))
+    ours = task.build_criterion(cfg.criterion)
+    theirs = LabelSmoothedCrossEntropyCriterion(task, sentence_avg, 0.1, ignore_prefix_size=prefix,
+                                                report_accuracy=True)
+    # fairseq computes its log-probabilities in float32 whatever the model's dtype: compare there
+    got = loss_and_grads(ours, model, sample)
+    want = loss_and_grads(theirs, model, sample)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=1e-5)
+    assert got[1] == want[1]
+    for key in ("nll_loss", "ntokens", "nsentences", "sample_size", "n_correct", "total"):
+        torch.testing.assert_close(torch.as_tensor(got[2][key]).double(), torch.as_tensor(want[2][key]).double(),
+                                   rtol=1e-6, atol=1e-5, msg=key)
+    # float32 sums over hundreds of tokens; some parameters' true gradient is ~0 (pure rounding noise),
+    # so the tolerance is relative to the whole gradient's scale
+    mine, reference = torch.cat([g.flatten() for g in got[3]]), torch.cat([g.flatten() for g in want[3]])
+    torch.testing.assert_close(mine, reference, rtol=1e-4, atol=1e-5 * reference.abs().max().item())
+
+
+def test_bonus_changes_loss_by_rho_times_bonus_and_logs_it(setup, toy_data_bin):
+    _, _, model, sample = setup
+    cfg, task = build(toy_data_bin, "--bonus-rho", "0.7", "--log-end", "0.5")
+    criterion = task.build_criterion(cfg.criterion)
+    with torch.no_grad():
+        loss, sample_size, log = criterion(model, sample)
+        baseline, _, base_log = LabelSmoothedCrossEntropyCriterion(task, False, 0.1)(model, sample)
+    torch.testing.assert_close(log["ce_loss"], baseline.float(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(loss, log["ce_loss"] + 0.7 * log["bonus"], rtol=1e-5, atol=1e-4)
+    assert float(log["bonus"]) < 0  # b <= 0: the bonus lowers the loss
+    torch.testing.assert_close(log["nll_loss"], base_log["nll_loss"].float(), rtol=1e-5, atol=1e-4)
+
+    with metrics.aggregate() as agg:
+        type(criterion).reduce_metrics([log, log])
+    values = agg.get_smoothed_values()
+    ln2 = math.log(2)
+    assert values["loss"] == pytest.approx(round(float(loss) / sample_size / ln2, 3), abs=1e-3)
+    assert values["nll_loss"] == pytest.approx(round(float(log["nll_loss"]) / log["ntokens"] / ln2, 3), abs=1e-3)
+    assert values["ppl"] == pytest.approx(2 ** values["nll_loss"], rel=1e-2)
+    assert values["bonus_weight"] == pytest.approx(0.7)
+    target_prob = float(log["el_target_prob"] / log["el_tokens"])
+    assert values["p_target"] == pytest.approx(target_prob, abs=1e-4)
+
+
+def test_bonus_scale_multiplies_rho(setup, toy_data_bin):
+    _, _, model, sample = setup
+    cfg, task = build(toy_data_bin, "--bonus-rho", "2.0")
+    criterion = task.build_criterion(cfg.criterion)
+    criterion.bonus_scale = 0.25
+    with torch.no_grad():
+        loss, _, log = criterion(model, sample)
+    torch.testing.assert_close(loss, log["ce_loss"] + 0.5 * log["bonus"], rtol=1e-5, atol=1e-4)
+    assert float(log["el_bonus_weight"] / log["el_tokens"]) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("flag,value", [("--log-end", "0"), ("--label-smoothing", "1.0"), ("--bonus-rho", "-1"),
+                                        ("--bonus-gamma", "0"), ("--el-label-smoothing", "1.5"),
+                                        ("--bonus-start", "1")])
+def test_bad_value_names_the_flag(toy_data_bin, flag, value):
+    cfg, task = build(toy_data_bin, flag, value)
+    with pytest.raises(ValueError, match=f"^{flag} must be"):
+        task.build_criterion(cfg.criterion)
+
+
+def test_unknown_bonus_is_rejected_by_the_parser(toy_data_bin, capsys):
+    with pytest.raises(SystemExit):
+        build(toy_data_bin, "--bonus", "square")
+    assert "--bonus: invalid choice: 'square'" in capsys.readouterr().err
+
+
+def test_bad_flag_stops_fairseq_train_before_anything_is_written(toy_data_bin, tmp_path):
+    proc = run_tool("fairseq-train", toy_data_bin, "--user-dir", USER_DIR, "--task", "translation",
+                    *TINY_TRANSFORMER, "--criterion", "encouraging_ls", "--log-end", "1.5", "--optimizer", "adam",
+                    "--lr", "1e-3", "--max-tokens", "500", "--max-update", "1", "--cpu",
+                    "--save-dir", tmp_path, check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == "ValueError: --log-end must be in (0, 1], got 1.5"
+    assert not list(tmp_path.glob("*.pt"))
