@@ -28,9 +28,9 @@ from ..stats import RowTerms, token_stats
 # Elements per chunk: large enough that PyTorch's per-op overhead is amortised, small enough that
 # the chunk's three work buffers stay in the CPU's cache (see scripts/bench_loss.py --chunk-elements).
 DEFAULT_CHUNK_ELEMENTS = 1 << 18
-# What the sweep leaves per row (logits shifted by the row max z - m): sum_j (z_j - m), z_y - m,
-# max_{j != y} z_j - m, sum_{j != y} exp(z_j - m), sum_{j != y} b(p_j).
 SWEEPS = ("chunked", "triton")
+# What a sweep leaves per row (logits shifted by the row max z - m): sum_j (z_j - m), z_y - m,
+# max_{j != y} z_j - m, sum_{j != y} exp(z_j - m), sum_{j != y} b(p_j).
 _ROW_SUMS = ("shifted_sum", "target_shifted", "others_max", "others_sum", "others_bonus")
 # fp16 gradients are stored scaled by a power of two per row (block floating point) so that small
 # entries such as eps / (V - 1) do not flush to zero before the loss scaler multiplies them.
