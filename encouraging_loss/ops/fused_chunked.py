@@ -27,7 +27,7 @@ from ..stats import RowTerms, token_stats
 
 # Elements per chunk: large enough that PyTorch's per-op overhead is amortised, small enough that
 # the chunk's three work buffers stay in the CPU's cache (see scripts/bench_loss.py --chunk-elements).
-DEFAULT_CHUNK_ELEMENTS = 1 << 18
+DEFAULT_CHUNK_ELEMENTS = 1 << 17
 SWEEPS = ("chunked", "triton")
 # What a sweep leaves per row (logits shifted by the row max z - m): sum_j (z_j - m), z_y - m,
 # max_{j != y} z_j - m, sum_{j != y} exp(z_j - m), sum_{j != y} b(p_j).
