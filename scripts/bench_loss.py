@@ -1,0 +1,327 @@
+#!/usr/bin/env python
+"""Time and peak memory of the loss alone, forward + backward: fairseq's label-smoothed CE vs the
+encouraging loss written the straightforward way (reference) vs the fused streaming version.
+
+Times: per size, one subprocess runs the implementations interleaved (one warm-up each, then
+--repeats rounds, each round timing every implementation once, in rotating order); the table
+gives each one's median time and the median over rounds of its time / LS-CE's time in the same
+round, which stays meaningful on a shared, noisy machine where absolute times do not.
+Peak memory: each (implementation, size) in a fresh subprocess, one forward + backward; on CPU
+the process's peak resident set (VmHWM, reset through /proc/self/clear_refs once the inputs
+exist) minus the resident set at that moment, i.e. what the loss added on top of logits and
+targets; on CUDA torch.cuda.max_memory_allocated over the same baseline.
+
+On CUDA the table also gives the share of the bandwidth floor: the time of one read of the logits
+plus one write of a gradient of the same size (a device copy), over the measured time.
+
+    python scripts/bench_loss.py --quick                 # 4096 x 32000, CPU, float32
+    python scripts/bench_loss.py                         # tokens {4096,16384} x vocab {8k,32k,64k}
+    python scripts/bench_loss.py --devices cuda --dtypes bfloat16 --tokens 16384 --vocab 32000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+IMPLS = ("lsce", "reference", "fused")
+IMPL_TITLES = {"lsce": "fairseq LS-CE", "reference": "EL reference", "fused": "EL fused"}
+PAD = 1  # fairseq's padding index
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", default="4096,16384", help="comma-separated row counts (default: %(default)s)")
+    parser.add_argument("--vocab", default="8000,32000,64000", help="comma-separated vocabulary sizes (default: %(default)s)")
+    parser.add_argument("--impls", default=",".join(IMPLS), help="subset of %s (default: all)" % ",".join(IMPLS))
+    parser.add_argument("--devices", default=None, help="cpu and/or cuda (default: cpu, plus cuda when present)")
+    parser.add_argument("--dtypes", default="float32", help="logits dtypes: float32,bfloat16,float16 (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per case; the median is reported (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="only 4096 x 32000 (overrides --tokens/--vocab)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's default)")
+    parser.add_argument("--chunk-elements", type=int, default=None, help="fused CPU chunk size in elements (default: the library's)")
+    parser.add_argument("--label-smoothing", type=float, default=0.1)
+    parser.add_argument("--log-end", type=float, default=0.5)
+    parser.add_argument("--logit-scale", type=float, default=3.0, help="std of the random logits (default: %(default)s)")
+    parser.add_argument("--correct-fraction", type=float, default=0.5,
+                        help="share of tokens whose target is the argmax, as in a model being trained (default: %(default)s)")
+    parser.add_argument("--pad-fraction", type=float, default=0.05, help="share of padding tokens (default: %(default)s)")
+    parser.add_argument("--reference-max-elements", type=float, default=1.5e8,
+                        help="skip the reference above this many logits: it holds ~9 float32 copies "
+                             "(default: %(default).0e, i.e. up to 4096 x 32000)")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per case (default: %(default)s)")
+    parser.add_argument("--output", type=Path, default=None, help="also write the table (markdown) and JSON rows here")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one case, JSON, internal
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker is not None:
+        print(json.dumps(run_case(json.loads(args.worker), args)))
+        return 0
+    import torch
+
+    impls = _split(args.impls)
+    unknown = sorted(set(impls) - set(IMPLS))
+    if unknown:
+        raise SystemExit(f"--impls: unknown {', '.join(unknown)}; choose from {', '.join(IMPLS)}")
+    devices = _split(args.devices) if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if "cuda" in devices and not torch.cuda.is_available():
+        raise SystemExit("--devices cuda: no CUDA device is visible to torch")
+    sizes = [(4096, 32000)] if args.quick else [(int(n), int(v)) for n in _split(args.tokens) for v in _split(args.vocab)]
+
+    print(describe_environment(args, devices), flush=True)
+    rows = []
+    groups = [(device, dtype, n, v) for device in devices for dtype in _split(args.dtypes) for n, v in sizes]
+    for number, (device, dtype, tokens, vocab) in enumerate(groups, 1):
+        size = dict(tokens=tokens, vocab=vocab, device=device, dtype=dtype)
+        runnable = [impl for impl in impls
+                    if impl != "reference" or tokens * vocab <= args.reference_max_elements]
+        print(f"[{number}/{len(groups)}] {tokens}x{vocab} {device} {dtype}: timing {','.join(runnable)} ...",
+              end=" ", file=sys.stderr, flush=True)
+        timing = run_in_subprocess(dict(size, mode="time", impls=runnable), args)
+        print("memory ...", end=" ", file=sys.stderr, flush=True)
+        for impl in impls:
+            row = dict(size, impl=impl)
+            if impl not in runnable:
+                row["error"] = "skipped (--reference-max-elements)"
+            elif "error" in timing:
+                row["error"] = timing["error"]
+            else:
+                row.update(median_s=statistics.median(timing["times"][impl]), times_s=timing["times"][impl],
+                           floor_s=timing.get("floor_s"))
+                if "lsce" in timing["times"]:
+                    row["time_ratio"] = statistics.median(
+                        t / base for t, base in zip(timing["times"][impl], timing["times"]["lsce"]))
+                memory = run_in_subprocess(dict(size, mode="memory", impls=[impl]), args)
+                if "error" in memory:
+                    row["error"] = memory["error"]
+                else:
+                    row["peak_mb"] = memory["peak_mb"]
+            rows.append(row)
+        print("done", file=sys.stderr, flush=True)
+    table = format_table(rows)
+    print(table)
+    if args.output is not None:
+        write_atomically(args.output, table + "\n\n```json\n" + json.dumps(rows, indent=1) + "\n```\n")
+    return 0
+
+
+def _split(text):
+    return [item.strip() for item in str(text).split(",") if item.strip()]
+
+
+def describe_environment(args, devices):
+    import torch
+
+    threads = args.threads or torch.get_num_threads()
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    lines = [f"torch {torch.__version__}, intra-op threads {threads}, CPU {cpu} ({os.cpu_count()} logical cores)"]
+    if hasattr(os, "getloadavg"):
+        lines.append("load average before the run: " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
+    if "cuda" in devices:
+        lines.append(f"CUDA device: {torch.cuda.get_device_name()}")
+    lines.append(f"label smoothing {args.label_smoothing}, LE {args.log_end}, logits ~ N(0, {args.logit_scale}^2), "
+                 f"{args.correct_fraction:.0%} argmax targets, {args.pad_fraction:.0%} padding; "
+                 f"times: medians of {args.repeats} interleaved rounds after a warm-up; memory: a fresh process each")
+    return "\n".join(lines)
+
+
+def run_in_subprocess(case, args):
+    forwarded = ["--repeats", str(args.repeats), "--label-smoothing", str(args.label_smoothing),
+                 "--log-end", str(args.log_end), "--logit-scale", str(args.logit_scale),
+                 "--correct-fraction", str(args.correct_fraction), "--pad-fraction", str(args.pad_fraction)]
+    if args.threads:
+        forwarded += ["--threads", str(args.threads)]
+    if args.chunk_elements:
+        forwarded += ["--chunk-elements", str(args.chunk_elements)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(case), *forwarded],
+                              capture_output=True, text=True, env=env, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return dict(case, error=f"timed out after {args.timeout:.0f} s")
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return dict(case, error=f"failed ({proc.returncode}): " + (proc.stderr.strip().splitlines() or ["?"])[-1])
+    return json.loads(lines[-1])
+
+
+def run_case(case, args):
+    """Runs in the worker process: build inputs, then time (interleaved) or measure peak memory."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(case["device"])
+    dtype = getattr(torch, case["dtype"])
+    tokens, vocab = case["tokens"], case["vocab"]
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    # Built in place, so that building them leaves no higher peak than holding them.
+    logits = torch.empty(tokens, vocab, dtype=dtype).normal_(0.0, args.logit_scale, generator=generator)
+    target = torch.randint(0, vocab, (tokens,), generator=generator)
+    correct = torch.rand(tokens, generator=generator) < args.correct_fraction
+    target = torch.where(correct, logits.argmax(-1), target)
+    target[torch.rand(tokens, generator=generator) < args.pad_fraction] = PAD
+    logits, target = logits.to(device), target.to(device)
+    steps = {impl: make_step(impl, target, args) for impl in case["impls"]}
+    memory = PeakMemory(device)
+
+    def run_once(impl):
+        leaf = logits.detach().requires_grad_()
+        steps[impl](leaf).backward()
+        memory.synchronize()
+
+    if case["mode"] == "memory":
+        memory.reset()
+        run_once(case["impls"][0])
+        return dict(peak_mb=memory.peak_mb())
+    for impl in steps:
+        run_once(impl)  # warm-up: allocator, thread pool, lazy imports
+    times = {impl: [] for impl in steps}
+    order = list(steps)
+    for round_number in range(args.repeats):
+        for impl in order[round_number % len(order):] + order[:round_number % len(order)]:
+            start = time.perf_counter()
+            run_once(impl)
+            times[impl].append(time.perf_counter() - start)
+    result = dict(times=times)
+    if device.type == "cuda":
+        result["floor_s"] = bandwidth_floor_seconds(logits, args.repeats)
+    return result
+
+
+def make_step(impl, target, args):
+    import torch
+
+    if impl == "lsce":
+        from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
+
+        def step(logits):
+            lprobs = torch.log_softmax(logits.float(), dim=-1)
+            loss, _ = label_smoothed_nll_loss(lprobs, target, args.label_smoothing, ignore_index=PAD, reduce=True)
+            return loss
+        return step
+
+    import functools
+
+    import encouraging_loss.functional as functional
+    from encouraging_loss import EncouragingLossOptions, encouraging_loss
+    from encouraging_loss.ops.fused_chunked import fused_row_terms
+
+    if args.chunk_elements:
+        functional.fused_row_terms = functools.partial(fused_row_terms, chunk_elements=args.chunk_elements)
+    options = EncouragingLossOptions(label_smoothing=args.label_smoothing, log_end=args.log_end)
+
+    def step(logits):
+        # with_stats as the fairseq criterion runs it
+        return encouraging_loss(logits, target, options, ignore_index=PAD, impl=impl, with_stats=True).loss
+    return step
+
+
+class PeakMemory:
+    """Peak memory above the level at reset(), in MB (CPU: resident set; CUDA: allocated)."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def synchronize(self):
+        if self.device.type == "cuda":
+            import torch
+            torch.cuda.synchronize()
+
+    def reset(self):
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return
+        self.base = _proc_status_kb("VmRSS")
+        try:  # "5" resets VmHWM to the current resident set (Linux >= 4.0)
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")
+        except OSError as error:
+            raise SystemExit(f"cannot reset the peak resident set through /proc/self/clear_refs: {error}")
+
+    def peak_mb(self):
+        import torch
+
+        if self.device.type == "cuda":
+            return (torch.cuda.max_memory_allocated() - self.base) / 2**20
+        return (_proc_status_kb("VmHWM") - self.base) / 1024
+
+
+def _proc_status_kb(field):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise SystemExit(f"/proc/self/status has no {field}: peak memory on CPU needs Linux")
+
+
+def bandwidth_floor_seconds(logits, repeats):
+    """Median time of one read of the logits and one write of a tensor of the same size."""
+    import torch
+
+    out = torch.empty_like(logits)
+    out.copy_(logits)
+    times = []
+    for _ in range(max(repeats, 3)):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        out.copy_(logits)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def format_table(rows):
+    baseline = {(r["device"], r["dtype"], r["tokens"], r["vocab"]): r for r in rows
+                if r["impl"] == "lsce" and "peak_mb" in r}
+    with_floor = any(r.get("floor_s") for r in rows)
+    header = ["device", "dtype", "tokens x vocab", "implementation", "time (s)", "time / LS-CE", "peak (MB)",
+              "peak / LS-CE"]
+    if with_floor:
+        header.append("floor share")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        base = baseline.get((r["device"], r["dtype"], r["tokens"], r["vocab"]))
+        cells = [r["device"], r["dtype"], f"{r['tokens']} x {r['vocab']}", IMPL_TITLES[r["impl"]]]
+        if "error" in r:
+            cells += [r["error"]] + [""] * (len(header) - 5)
+        else:
+            time_ratio = f"{r['time_ratio']:.2f}" if "time_ratio" in r else "-"
+            memory_ratio = f"{r['peak_mb'] / base['peak_mb']:.2f}" if base and base["peak_mb"] > 0 else "-"
+            cells += [f"{r['median_s']:.3f}", time_ratio, f"{r['peak_mb']:.0f}", memory_ratio]
+            if with_floor:
+                cells.append(f"{r['floor_s'] / r['median_s']:.0%}" if r.get("floor_s") else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_atomically(path: Path, text: str):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""The fused (streaming, gradient-in-forward) encouraging loss against the straightforward autograd
+reference: values, gradients and diagnostics, across options, dtypes, reductions, chunkings and
+padding. The reference itself is checked against the paper's formulas in test_loss.py."""
+import functools
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+import encouraging_loss.functional as functional
+from encouraging_loss import EncouragingLossOptions, encouraging_loss
+from encouraging_loss.ops.fused_chunked import fused_row_terms
+
+TESTS = Path(__file__).resolve().parent
+PAD = 1
+OPTION_SETS = {
+    "paper": dict(label_smoothing=0.1, log_end=0.5),
+    "no_smoothing": dict(label_smoothing=0.0, log_end=0.5),
+    "no_bonus_smoothing": dict(label_smoothing=0.1, el_label_smoothing=0.0),
+    "other_bonus_smoothing": dict(label_smoothing=0.1, el_label_smoothing=0.3, bonus_rho=2.0),
+    "small_log_end": dict(label_smoothing=0.2, log_end=0.05),  # many non-target p beyond LE
+    "power": dict(label_smoothing=0.1, bonus="power", bonus_gamma=0.5),
+    "power_square": dict(label_smoothing=0.1, bonus="power", bonus_gamma=2.0),
+    "cosine": dict(label_smoothing=0.1, bonus="cosine"),
+    "bonus_start": dict(label_smoothing=0.1, bonus_start=0.3),
+    "rho_zero": dict(label_smoothing=0.1, bonus_rho=0.0),
+}
+
+
+def make_inputs(rows=37, vocab=101, dtype=torch.float64, seed=0, pad_rows=(1, 8, 20)):
+    """Logits with confident rows (p_y -> 1), confidently wrong rows, ties and padding."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(rows, vocab, generator=generator, dtype=torch.float64) * 4
+    target = torch.randint(0, vocab, (rows,), generator=generator)
+    confident, rival = 3 % vocab, 7 % vocab
+    target[::5] = confident
+    logits[::5, confident] += 30.0  # p_y within 1e-13 of 1: 1 - p_y must come from the others' sum
+    logits[2::6, rival] += 12.0  # a non-target class far ahead
+    if vocab > 2:
+        # A tie. With two classes it would put p exactly at LE = 1/2, the kink of the bonus, where
+        # the reference's autograd adds both one-sided slopes.
+        logits[min(4, rows - 1), :] = 0.5
+    target[[row for row in pad_rows if row < rows]] = PAD
+    return logits.to(dtype), target
+
+
+def run(impl, logits, target, options, reduction, upstream=None, **kwargs):
+    leaf = logits.detach().clone().requires_grad_()
+    out = encouraging_loss(leaf, target, ignore_index=PAD, reduction=reduction, impl=impl,
+                           with_stats=True, **options, **kwargs)
+    if upstream is None:
+        upstream = torch.ones_like(out.loss)
+    (out.loss * upstream).sum().backward()
+    return out, leaf.grad
+
+
+@pytest.fixture
+def chunk_elements(monkeypatch):
+    """Sets the fused path's chunk size so that small tests cross many chunk boundaries."""
+    def use(elements):
+        monkeypatch.setattr(functional, "fused_row_terms",
+                            functools.partial(fused_row_terms, chunk_elements=elements))
+    return use
+
+
+def assert_outputs_close(fused, reference, fused_grad, reference_grad, rtol, atol, grad_atol=None):
+    for name in ("loss", "nll_loss", "ce_loss", "bonus"):
+        torch.testing.assert_close(getattr(fused, name).double(), getattr(reference, name).double(),
+                                   rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+    for name, value in reference.stats.items():
+        torch.testing.assert_close(fused.stats[name].double(), value.double(), rtol=rtol, atol=atol,
+                                   msg=lambda m: f"stat {name}: {m}")
+    torch.testing.assert_close(fused_grad.double(), reference_grad.double(), rtol=rtol,
+                               atol=atol if grad_atol is None else grad_atol, msg=lambda m: f"gradient: {m}")
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean", "none"])
+@pytest.mark.parametrize("option_set", sorted(OPTION_SETS))
+def test_float64_matches_reference(option_set, reduction, chunk_elements):
+    chunk_elements(5 * 101)  # 5 rows a chunk: 8 chunks, the last one short
+    logits, target = make_inputs()
+    upstream = torch.randn(target.shape, dtype=torch.float64) if reduction == "none" else torch.tensor(1.7)
+    reference, reference_grad = run("reference", logits, target, OPTION_SETS[option_set], reduction, upstream)
+    fused, fused_grad = run("fused", logits, target, OPTION_SETS[option_set], reduction, upstream)
+    assert_outputs_close(fused, reference, fused_grad, reference_grad, rtol=1e-12, atol=1e-12)
+
+
+def test_plain_bonus_matches_reference_where_conditioning_allows(chunk_elements):
+    """LE = 1, where b = log(1 - p_y) needs 1 - p_y to full relative precision. For p_y within 1e-5
+    of 1 the reference's -expm1(log p_y) carries log p_y's absolute rounding (~1e-15) divided by
+    1 - p_y, and beyond 1 - 2^-24 the tangent's slope 2^24 multiplies p_y's last bit; there the
+    two agree to 1e-8 only. Elsewhere they agree to rounding."""
+    chunk_elements(3 * 101)
+    logits, target = make_inputs()
+    options = dict(label_smoothing=0.1, log_end=1.0)
+    reference, reference_grad = run("reference", logits, target, options, "none")
+    fused, fused_grad = run("fused", logits, target, options, "none")
+    assert_outputs_close(fused, reference, fused_grad, reference_grad, rtol=1e-12, atol=1e-8)
+    well_conditioned = logits.softmax(-1).amax(-1) < 1 - 1e-5
+    assert well_conditioned.sum() > 20
+    torch.testing.assert_close(fused.loss[well_conditioned], reference.loss[well_conditioned],
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("rows,vocab,chunk", [(37, 1000, 999), (64, 257, 257 * 7), (5, 3, 1 << 18), (9, 2, 5)])
+def test_chunkings_and_vocab_sizes(rows, vocab, chunk, chunk_elements):
+    """One row a chunk (chunk < V), uneven chunks, a single chunk, tiny vocabularies."""
+    chunk_elements(chunk)
+    logits, target = make_inputs(rows, vocab, pad_rows=(1,))
+    options = OPTION_SETS["paper"]
+    reference, reference_grad = run("reference", logits, target, options, "sum")
+    fused, fused_grad = run("fused", logits, target, options, "sum")
+    assert_outputs_close(fused, reference, fused_grad, reference_grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean", "none"])
+def test_all_padding_batch_gives_zeros(reduction):
+    logits, target = make_inputs(rows=6, vocab=11)
+    target[:] = PAD
+    fused, grad = run("fused", logits, target, OPTION_SETS["paper"], reduction)
+    reference, reference_grad = run("reference", logits, target, OPTION_SETS["paper"], reduction)
+    for name in ("loss", "nll_loss", "ce_loss", "bonus"):
+        assert torch.count_nonzero(getattr(fused, name)) == 0, name
+    assert torch.count_nonzero(grad) == 0 and torch.count_nonzero(reference_grad) == 0
+    assert fused.stats["tokens"].item() == 0 and fused.stats["correct"].item() == 0
+
+
+def test_padding_rows_get_no_gradient_and_no_loss(chunk_elements):
+    chunk_elements(4 * 101)
+    logits, target = make_inputs()
+    fused, grad = run("fused", logits, target, OPTION_SETS["paper"], "none")
+    padded = target.eq(PAD)
+    assert torch.count_nonzero(grad[padded]) == 0
+    assert torch.count_nonzero(fused.loss[padded]) == 0
+    assert torch.all(grad[~padded].abs().amax(-1) > 0)
+    assert fused.stats["tokens"].item() == (~padded).sum().item()
+
+
+def test_float32_close_to_float64_reference(chunk_elements):
+    chunk_elements(4 * 1000)
+    logits, target = make_inputs(rows=30, vocab=1000)
+    reference, reference_grad = run("reference", logits, target, OPTION_SETS["paper"], "none")
+    fused, fused_grad = run("fused", logits.float(), target, OPTION_SETS["paper"], "none")
+    assert fused.loss.dtype == torch.float32 and fused_grad.dtype == torch.float32
+    assert_outputs_close(fused, reference, fused_grad, reference_grad, rtol=2e-5, atol=2e-5, grad_atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype,grad_rtol", [(torch.bfloat16, 2**-8), (torch.float16, 2**-11)])
+def test_half_logits_against_float64_reference_on_the_same_rounded_inputs(dtype, grad_rtol, chunk_elements):
+    """Math in float32, gradient stored in the logits' dtype: every gradient entry, even the tiny
+    eps / (V - 1) ones, must be within the storage format's rounding of the exact value. Under
+    fp16 the stored gradient is scaled per row; the upstream 1024 mimics fairseq's loss scaler."""
+    chunk_elements(3 * 1000)
+    logits, target = make_inputs(rows=20, vocab=1000)
+    rounded = logits.to(dtype)
+    upstream = torch.tensor(1024.0)
+    reference, reference_grad = run("reference", rounded.double(), target, OPTION_SETS["paper"], "sum", upstream)
+    fused, fused_grad = run("fused", rounded, target, OPTION_SETS["paper"], "sum", upstream)
+    assert fused_grad.dtype == dtype
+    for name in ("loss", "nll_loss", "ce_loss", "bonus"):
+        torch.testing.assert_close(getattr(fused, name).double(), getattr(reference, name), rtol=1e-5, atol=1e-4)
+    # Two roundings to the storage format (the forward's store, backward's rescale), and the
+    # format's subnormal spacing for entries that nearly cancel.
+    error = (fused_grad.double() - reference_grad).abs()
+    allowed = 2 * grad_rtol * reference_grad.abs() + 2.0**-24
+    assert torch.all(error <= allowed), (error / allowed).max().item()
+
+
+def test_without_grad_only_values(chunk_elements):
+    chunk_elements(5 * 101)
+    logits, target = make_inputs()
+    with torch.no_grad():
+        fused = encouraging_loss(logits, target, ignore_index=PAD, impl="fused", with_stats=True,
+                                 **OPTION_SETS["paper"])
+    reference = encouraging_loss(logits, target, ignore_index=PAD, impl="reference", with_stats=True,
+                                 **OPTION_SETS["paper"])
+    torch.testing.assert_close(fused.loss, reference.loss.detach(), rtol=1e-12, atol=1e-12)
+    assert not fused.loss.requires_grad
+
+
+def test_non_contiguous_and_batched_logits(chunk_elements):
+    chunk_elements(2 * 101)
+    logits, target = make_inputs(rows=36)
+    batched = logits.view(4, 9, 101).transpose(0, 1)  # (9, 4, V), not contiguous
+    batched_target = target.view(4, 9).t()
+    reference, reference_grad = run("reference", batched, batched_target, OPTION_SETS["paper"], "none")
+    fused, fused_grad = run("fused", batched, batched_target, OPTION_SETS["paper"], "none")
+    assert fused.loss.shape == batched_target.shape
+    assert_outputs_close(fused, reference, fused_grad, reference_grad, rtol=1e-12, atol=1e-12)
+
+
+def test_chunk_workers_leave_thread_settings_alone(chunk_elements):
+    """The CPU sweep runs chunks on single-threaded workers; neither this thread's intra-op thread
+    count nor the default that new threads start with may change."""
+    chunk_elements(101)
+    before = torch.get_num_threads()
+    logits, target = make_inputs()
+    run("fused", logits, target, OPTION_SETS["paper"], "sum")
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert torch.get_num_threads() == before
+    assert seen == [before]
+
+
+def test_triton_kernel_matches_reference_in_triton_interpreter():
+    """The CUDA kernel's code, run by Triton's interpreter on CPU tensors (no GPU needed). The
+    interpreter is chosen when the kernel is defined, hence the fresh process."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS.parent), str(TESTS), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-c", "import test_fused; test_fused.check_triton_kernel()"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "checked" in proc.stdout
+
+
+def check_triton_kernel():
+    """Runs under TRITON_INTERPRET=1: the kernel against the reference on float64 copies of the same
+    (rounded) inputs, for every option set, several tiles a row (the last one ragged), fp32/bf16/fp16."""
+    from encouraging_loss.ops import triton_kernel
+    from encouraging_loss.ops.fused_chunked import fused_row_terms as chunked_row_terms
+
+    triton_kernel.MAX_BLOCK = 128  # 300 classes: three tiles, the last one ragged
+    checked = 0
+    cases = [(name, torch.float32) for name in sorted(OPTION_SETS)]
+    cases += [("paper", torch.bfloat16), ("paper", torch.float16)]
+    for name, dtype in cases:
+        options = EncouragingLossOptions(**OPTION_SETS[name])
+        logits, target = make_inputs(rows=13, vocab=300)
+        rounded = logits.to(dtype)
+        valid = target.ne(PAD)
+        upstream = torch.randn(13, dtype=torch.float64)
+        leaf = rounded.clone().requires_grad_()
+        terms = triton_kernel.triton_row_terms(leaf, target, valid, options, with_stats=True)
+        (terms.loss * upstream.float()).sum().backward()
+        exact_leaf = rounded.double().requires_grad_()
+        exact = chunked_row_terms(exact_leaf, target, valid, options, with_stats=True)
+        (exact.loss * upstream).sum().backward()
+        for part in ("loss", "nll", "ce", "bonus"):
+            torch.testing.assert_close(getattr(terms, part).double(), getattr(exact, part), rtol=1e-5, atol=2e-5,
+                                       msg=lambda m: f"{name} {dtype} {part}: {m}")
+        for stat, value in exact.stats.items():
+            torch.testing.assert_close(terms.stats[stat].double(), value.double(), rtol=1e-5, atol=1e-4,
+                                       msg=lambda m: f"{name} {dtype} stat {stat}: {m}")
+        # stored, then rescaled by the upstream gradient in backward: two roundings, with slack
+        storage_rtol = {torch.float32: 2**-20, torch.bfloat16: 2**-6, torch.float16: 2**-9}[dtype]
+        error = (leaf.grad.double() - exact_leaf.grad).abs()
+        allowed = storage_rtol * exact_leaf.grad.abs() + 1e-6 * exact_leaf.grad.abs().amax()
+        assert torch.all(error <= allowed), f"{name} {dtype} gradient: {(error / allowed).max().item()}"
+        checked += 1
+    print(f"checked {checked} cases")
+
+
+def test_backward_can_be_replayed_on_a_retained_graph(chunk_elements):
+    """gradcheck and retain_graph=True call backward again with other upstream gradients; the
+    gradient stored by the forward must not have been scaled in place by the first call."""
+    chunk_elements(5 * 101)
+    logits, target = make_inputs()
+    leaf = logits.clone().requires_grad_()
+    loss = encouraging_loss(leaf, target, ignore_index=PAD, reduction="none", impl="fused",
+                            **OPTION_SETS["paper"]).loss
+    reference_leaf = logits.clone().requires_grad_()
+    reference = encouraging_loss(reference_leaf, target, ignore_index=PAD, reduction="none",
+                                 impl="reference", **OPTION_SETS["paper"]).loss
+    for upstream in (torch.zeros_like(loss), torch.randn_like(loss), torch.ones_like(loss)):
+        (grad,) = torch.autograd.grad(loss, leaf, upstream, retain_graph=True)
+        (expected,) = torch.autograd.grad(reference, reference_leaf, upstream, retain_graph=True)
+        torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
