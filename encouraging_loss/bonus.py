@@ -46,9 +46,12 @@ def _raw_bonus(p, one_minus_p, options):
     if kind == "log":
         # log(1 - p) up to p = LE, then its tangent log(1 - LE) - (p - LE) / (1 - LE), written as
         # 1 - (1 - p) / (1 - LE) because 1 - p is known more precisely than p near 1.
+        # One branch per element (torch.where): at p = LE exactly, two clamps would both pass gradient.
         end = min(options.log_end, MAX_LOG_END)
-        return (torch.log(one_minus_p.clamp_min(1.0 - end))
-                - (1.0 - one_minus_p / (1.0 - end)).clamp_min(0.0))
+        follows_log = one_minus_p >= 1.0 - end
+        log_part = torch.log(torch.where(follows_log, one_minus_p, torch.ones_like(one_minus_p)))
+        tangent = (math.log(1.0 - end) - 1.0) + one_minus_p / (1.0 - end)
+        return torch.where(follows_log, log_part, tangent)
     if kind == "power":
         return -p.pow(options.bonus_gamma)
     return torch.cos(p * math.pi) - 1.0

@@ -211,3 +211,17 @@ def test_shape_mismatch_and_bad_impl_are_clear_errors():
         encouraging_loss(torch.randn(3, 5), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="--el-impl"):
         encouraging_loss(torch.randn(3, 5), torch.zeros(3, dtype=torch.long), impl="fast")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gradient_at_p_exactly_log_end(impl):
+    """A two-class tie puts p_y exactly at LE = 0.5, where log(1 - p) meets its tangent: the slope
+    there is b'(LE) = -1 / (1 - LE), once (not from both pieces)."""
+    logits = torch.zeros(1, 2, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([0])
+    encouraging_loss(logits, target, log_end=0.5, impl=impl).loss.backward()
+    # no smoothing: w_y = 1, w_other = 0, so dL/dz_y = (p - 1) + g_y (1 - p) with g_y = p b'(p);
+    # p = 0.5, b' = -2 gives -1 (a doubled slope would give -1.5)
+    p, slope = 0.5, -2.0
+    expected_target = (p - 1) + p * slope * (1 - p)
+    torch.testing.assert_close(logits.grad[0, 0], torch.tensor(expected_target, dtype=torch.float64))
