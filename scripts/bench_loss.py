@@ -27,6 +27,8 @@ import platform
 import statistics
 import subprocess
 import sys
+
+from atomic_io import write_text_atomically
 import time
 from pathlib import Path
 
@@ -112,7 +114,7 @@ def main(argv=None):
     table = format_table(rows)
     print(table)
     if args.output is not None:
-        write_atomically(args.output, table + "\n\n```json\n" + json.dumps(rows, indent=1) + "\n```\n")
+        write_text_atomically(args.output, table + "\n\n```json\n" + json.dumps(rows, indent=1) + "\n```\n")
     return 0
 
 
@@ -314,13 +316,6 @@ def format_table(rows):
                 cells.append(f"{r['floor_s'] / r['median_s']:.0%}" if r.get("floor_s") else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def write_atomically(path: Path, text: str):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    partial.replace(path)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import os
 import statistics
 import sys
 
+from atomic_io import write_text_atomically
+
 LOSSES = ("baseline", "encouraging")
 LOSS_LABELS = {"baseline": "CE + label smoothing (baseline)", "encouraging": "encouraging loss"}
 METRICS = {
@@ -174,12 +176,6 @@ def plot(runs, path, recipe):
     os.replace(temporary, path)
 
 
-def write_atomic(path, text):
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(path + ".tmp", path)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -203,8 +199,8 @@ def main(argv=None):
         return 2
     os.makedirs(args.out_dir, exist_ok=True)
     table_path = os.path.join(args.out_dir, "comparison.md")
-    write_atomic(table_path, table)
-    write_atomic(os.path.join(args.out_dir, "comparison.json"),
+    write_text_atomically(table_path, table)
+    write_text_atomically(os.path.join(args.out_dir, "comparison.json"),
                  json.dumps({"recipe": args.recipe, "subset": args.subset, "metrics": summary,
                              "runs": [{k: r[k] for k in ("dir", "loss", "seed", "results")} for r in runs]},
                             indent=2) + "\n")

@@ -2,18 +2,9 @@
 # PYTHONPATH, and loading a recipe from configs/ with a one-line error for an unknown name.
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CONFIG_DIR=${CONFIG_DIR:-$REPO_ROOT/configs}
-if [[ -z "${PYTHON:-}" ]]; then
-  if [[ -n "${VIRTUAL_ENV:-}" && -x "$VIRTUAL_ENV/bin/python" ]]; then
-    PYTHON="$VIRTUAL_ENV/bin/python"
-  elif [[ -x "$REPO_ROOT/.venv/bin/python" ]]; then
-    PYTHON="$REPO_ROOT/.venv/bin/python"
-  else
-    PYTHON=python3
-  fi
-fi
+source "$REPO_ROOT/data_prep/_python.sh"  # PYTHON and PYTHONPATH, one rule for every script
 # Log lines must reach train.log as they happen, not when a pipe buffer fills.
 export PYTHONUNBUFFERED=1
-export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 USER_DIR="$REPO_ROOT/fairseq_plugins"
 
 die() { echo "error: $*" >&2; exit 2; }

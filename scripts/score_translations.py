@@ -18,6 +18,7 @@ import re
 import sys
 
 import sacrebleu
+from atomic_io import write_text_atomically
 
 FAIRSEQ_BLEU = re.compile(r"BLEU4? = ([0-9.]+)")
 COMPOUND = re.compile(r"(\S)-(\S)")
@@ -106,12 +107,6 @@ def score(generate_output, data_dir, subset, tgt_lang, compound_split=False):
     return results, detokenised
 
 
-def write_atomic(path, text):
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(path + ".tmp", path)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -135,8 +130,8 @@ def main(argv=None):
         key, _, value = pair.partition("=")
         results[key] = value
     if args.hypotheses_output:
-        write_atomic(args.hypotheses_output, "".join(line + "\n" for line in detokenised))
-    write_atomic(args.output, json.dumps(results, indent=2) + "\n")
+        write_text_atomically(args.hypotheses_output, "".join(line + "\n" for line in detokenised))
+    write_text_atomically(args.output, json.dumps(results, indent=2) + "\n")
     return 0
 
 

@@ -2,8 +2,9 @@
 """Writes a flat JSON object atomically: write_json.py PATH key=value ... (values that parse as JSON
 numbers/booleans are stored as such, everything else as strings). Used by the shell scripts."""
 import json
-import os
 import sys
+
+from atomic_io import write_text_atomically
 
 
 def parse_value(text):
@@ -25,10 +26,7 @@ def main(argv):
             print(f"error: write_json.py: argument {pair!r} is not key=value", file=sys.stderr)
             return 2
         record[key] = parse_value(value)
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        json.dump(record, handle, indent=2)
-        handle.write("\n")
-    os.replace(path + ".tmp", path)
+    write_text_atomically(path, json.dumps(record, indent=2) + "\n")
     return 0
 
 
