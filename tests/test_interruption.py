@@ -10,7 +10,9 @@ import torch
 from conftest import BIN, REPO, TINY_TRANSFORMER, USER_DIR, run_tool
 from test_end_to_end import json_records
 
-TRAIN = [*TINY_TRANSFORMER, "--user-dir", USER_DIR, "--task", "translation", "--criterion", "encouraging_ls",
+# the bonus is warmed in linearly over updates 3..27, so the kill lands inside the schedule
+TRAIN = [*TINY_TRANSFORMER, "--user-dir", USER_DIR, "--task", "translation_encouraging", "--bonus-schedule", "linear",
+         "--bonus-start-update", "3", "--bonus-warmup-updates", "24", "--criterion", "encouraging_ls",
          "--label-smoothing", "0.1", "--optimizer", "adam", "--lr", "2e-3", "--lr-scheduler", "inverse_sqrt",
          "--warmup-updates", "10", "--max-tokens", "300", "--max-update", "36", "--save-interval-updates", "6",
          "--no-epoch-checkpoints", "--cpu", "--seed", "5", "--log-format", "json", "--log-interval", "1",
@@ -49,7 +51,11 @@ def test_killed_run_resumes_to_the_same_end(toy_data_bin, tmp_path):
     resumed_updates, resumed_valid = last_records(resumed_log)
     assert min(resumed_updates) == interrupted_at + 1 and max(resumed_updates) == 36
     for update in range(interrupted_at + 1, 37):
-        for key in ("loss", "nll_loss", "bonus", "p_target", "margin", "lr"):
+        for key in ("loss", "nll_loss", "bonus", "bonus_weight", "p_target", "margin", "lr"):
             assert resumed_updates[update][key] == whole_updates[update][key], (update, key)
-    for key in ("valid_loss", "valid_nll_loss", "valid_bonus", "valid_p_target"):
+    for key in ("valid_loss", "valid_nll_loss", "valid_bonus", "valid_p_target", "valid_bonus_weight"):
         assert resumed_valid[-1][key] == whole_valid[-1][key], key
+    # and the schedule is the closed form min(1, (n - 3) / 24) on both sides of the interruption
+    for update in (interrupted_at, interrupted_at + 1, 36):
+        expected = min(1.0, max(0, update - 3) / 24)
+        assert float(whole_updates[update]["bonus_weight"]) == pytest.approx(expected, abs=1e-4)
