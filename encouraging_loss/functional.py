@@ -58,21 +58,18 @@ def encouraging_loss(logits: torch.Tensor, target: torch.Tensor,
     elif reduction == "mean":
         row_weight = 1.0 / valid.sum().clamp_min(1).to(math_dtype)
 
-    if impl == "reference":
-        terms = reference_row_terms(F.log_softmax(flat_logits.float() if flat_logits.dtype in
-                                                  (torch.float16, torch.bfloat16) else flat_logits, -1),
-                                    flat_target, valid, options, with_stats)
-        loss = terms.loss if row_weight is None else (terms.loss * row_weight).sum()
-    else:
-        terms = _fused_backend(flat_logits)(flat_logits, flat_target, valid, options,
-                                            row_weight=row_weight, with_stats=with_stats)
-        loss = terms.loss
-
     def reduce(per_row: torch.Tensor) -> torch.Tensor:
         return per_row.view(target.shape) if row_weight is None else (per_row * row_weight).sum()
 
-    if row_weight is None:
-        loss = loss.view(target.shape)
+    if impl == "reference":
+        half = flat_logits.dtype in (torch.float16, torch.bfloat16)
+        lprobs = F.log_softmax(flat_logits, -1, dtype=torch.float32 if half else None)
+        terms = reference_row_terms(lprobs, flat_target, valid, options, with_stats)
+        loss = reduce(terms.loss)
+    else:  # the fused function reduces inside (its backward then only scales by the upstream scalar)
+        terms = _fused_backend(flat_logits)(flat_logits, flat_target, valid, options,
+                                            row_weight=row_weight, with_stats=with_stats)
+        loss = reduce(terms.loss) if row_weight is None else terms.loss
     return EncouragingLossOutput(loss=loss, nll_loss=reduce(terms.nll), ce_loss=reduce(terms.ce),
                                  bonus=reduce(terms.bonus), stats=terms.stats)
 
