@@ -25,7 +25,7 @@ class EncouragingLossOutput(NamedTuple):
 def encouraging_loss(logits: torch.Tensor, target: torch.Tensor,
                      options: Optional[EncouragingLossOptions] = None, *, ignore_index: int = -100,
                      reduction: str = "sum", impl: str = "auto", with_stats: bool = False,
-                     **option_fields) -> EncouragingLossOutput:
+                     overwrite_logits: bool = False, **option_fields) -> EncouragingLossOutput:
     """Encouraging loss of ``logits`` (..., V) against integer ``target`` (...).
 
     Options come as an ``EncouragingLossOptions`` or as its fields by keyword
@@ -35,6 +35,11 @@ def encouraging_loss(logits: torch.Tensor, target: torch.Tensor,
     logits and keeps only the gradient for backward (Triton on CUDA when available, chunked
     PyTorch otherwise); 'reference' is the straightforward autograd version; 'auto' is 'fused'.
     Log-probabilities are valid logits too, so the function also takes ``log_softmax`` outputs.
+    ``overwrite_logits=True`` promises that nothing reads ``logits`` afterwards (a decoder's output
+    that only this loss consumes): the fused path then keeps the gradient in the logits' memory and
+    scales it there in backward, which saves a logits-sized tensor but allows one backward only.
+    It is ignored for leaf tensors and by the reference path; if another part of the graph saved
+    the logits, autograd's in-place check fails in backward rather than use overwritten values.
     """
     if options is None:
         options = EncouragingLossOptions(**option_fields)
@@ -67,8 +72,8 @@ def encouraging_loss(logits: torch.Tensor, target: torch.Tensor,
         terms = reference_row_terms(lprobs, flat_target, valid, options, with_stats)
         loss = reduce(terms.loss)
     else:  # the fused function reduces inside (its backward then only scales by the upstream scalar)
-        terms = _fused_backend(flat_logits)(flat_logits, flat_target, valid, options,
-                                            row_weight=row_weight, with_stats=with_stats)
+        terms = _fused_backend(flat_logits)(flat_logits, flat_target, valid, options, row_weight=row_weight,
+                                            with_stats=with_stats, overwrite_logits=overwrite_logits)
         loss = reduce(terms.loss) if row_weight is None else terms.loss
     return EncouragingLossOutput(loss=loss, nll_loss=reduce(terms.nll), ce_loss=reduce(terms.ce),
                                  bonus=reduce(terms.bonus), stats=terms.stats)

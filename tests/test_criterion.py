@@ -1,4 +1,5 @@
 """The encouraging_ls criterion inside real fairseq: equivalence, logging, flags, options."""
+import copy
 import math
 
 import pytest
@@ -62,6 +63,38 @@ def test_rho_zero_equals_fairseq_label_smoothed_cross_entropy(setup, toy_data_bi
     # so the tolerance is relative to the whole gradient's scale
     mine, reference = torch.cat([g.flatten() for g in got[3]]), torch.cat([g.flatten() for g in want[3]])
     torch.testing.assert_close(mine, reference, rtol=1e-4, atol=1e-5 * reference.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_overwriting_the_decoder_logits_changes_no_gradient(setup, toy_data_bin, dtype):
+    """By default the fused path stores the gradient in the decoder's logits (nothing reads them
+    after the loss); --el-keep-logits stores it beside them. Same loss, logs and parameter
+    gradients, bit for bit, also for a half-precision model under a loss scale as in --fp16."""
+    _, _, model, sample = setup
+    model = copy.deepcopy(model).to(dtype)
+    logits_seen = []
+    hook = model.decoder.output_projection.register_forward_hook(
+        lambda module, inputs, output: logits_seen.append((output, output.detach().clone())))
+    runs = []
+    try:
+        for extra in ([], ["--el-keep-logits"]):
+            cfg, task = build(toy_data_bin, "--el-impl", "fused", *extra)
+            criterion = task.build_criterion(cfg.criterion)
+            model.zero_grad()
+            loss, _, log = criterion(model, sample)
+            (loss * 128.0).backward()  # fairseq's fp16 optimizer scales the loss like this
+            logits, as_computed = logits_seen.pop()
+            runs.append((loss.detach(), log, [p.grad.clone() for p in model.parameters()],
+                         torch.equal(logits.detach(), as_computed)))
+    finally:
+        hook.remove()
+    (overwrite_loss, overwrite_log, overwrite_grads, overwrite_intact), (loss, log, grads, intact) = runs
+    assert intact and not overwrite_intact
+    assert torch.equal(overwrite_loss, loss)
+    for key in ("nll_loss", "ce_loss", "bonus", "el_target_prob", "el_margin"):
+        assert torch.equal(overwrite_log[key], log[key]), key
+    assert all(torch.equal(a, b) for a, b in zip(overwrite_grads, grads))
+    assert any(float(g.abs().sum()) > 0 for g in grads)
 
 
 def test_bonus_changes_loss_by_rho_times_bonus_and_logs_it(setup, toy_data_bin):

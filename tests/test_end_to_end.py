@@ -96,7 +96,8 @@ optimization: {{max_update: 3, lr: [0.001]}}
 dataset: {{max_tokens: 1000}}
 checkpoint: {{save_dir: {tmp_path / 'ckpt'}, no_save: true}}
 """)
-    proc = run_tool("fairseq-hydra-train", "--config-dir", tmp_path, "--config-name", "encouraging")
+    # hydra writes its outputs/ folder into the working directory: keep it out of the checkout
+    proc = run_tool("fairseq-hydra-train", "--config-dir", tmp_path, "--config-name", "encouraging", cwd=tmp_path)
     log = proc.stderr + proc.stdout
     assert "'_name': 'encouraging_ls'" in log and "'log_end': 0.75" in log and "'bonus_rho': 0.5" in log
     records = json_records(log, "train_inner")

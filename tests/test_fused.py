@@ -253,6 +253,16 @@ def check_triton_kernel():
         allowed = storage_rtol * exact_leaf.grad.abs() + 1e-6 * exact_leaf.grad.abs().amax()
         assert torch.all(error <= allowed), f"{name} {dtype} gradient: {(error / allowed).max().item()}"
         checked += 1
+        if name == "paper":
+            # the gradient written over non-leaf logits (pass 3 reads each tile before writing it)
+            source = rounded.clone().requires_grad_()
+            logits_memory = source * 1.0  # a non-leaf with its own memory, as a decoder's output
+            overwritten = triton_kernel.triton_row_terms(logits_memory, target, valid, options,
+                                                         overwrite_logits=True)
+            (overwritten.loss * upstream.float()).sum().backward()
+            assert not torch.equal(logits_memory.detach(), rounded), "the logits were not overwritten"
+            assert torch.equal(source.grad, leaf.grad), f"{dtype}: overwritten logits, other gradient"
+            checked += 1
     print(f"checked {checked} cases")
 
 
@@ -271,3 +281,68 @@ def test_backward_can_be_replayed_on_a_retained_graph(chunk_elements):
         (grad,) = torch.autograd.grad(loss, leaf, upstream, retain_graph=True)
         (expected,) = torch.autograd.grad(reference, reference_leaf, upstream, retain_graph=True)
         torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
+
+
+def projected_logits(dtype, rows=37, vocab=101, seed=0):
+    """Logits as a decoder's output layer makes them: a non-leaf product of two leaves."""
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(rows, 8, generator=generator, dtype=torch.float64).to(dtype).requires_grad_()
+    weight = (torch.randn(8, vocab, generator=generator, dtype=torch.float64) * 2).to(dtype).requires_grad_()
+    return hidden, weight
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("reduction,upstream", [("sum", 1.0), ("sum", 128.0), ("mean", 3.0), ("none", None)])
+def test_overwritten_logits_hold_the_same_gradient(chunk_elements, dtype, reduction, upstream):
+    """overwrite_logits=True: the gradient that reaches the output layer is the logits' own memory,
+    and every parameter gradient is bit for bit what the out-of-place path gives (fp16 with its
+    per-row scale and a loss scale, as fairseq's fp16 training calls it)."""
+    chunk_elements(3 * 101)
+    _, target = make_inputs()
+    results = []
+    for overwrite in (False, True):
+        hidden, weight = projected_logits(dtype)
+        logits = hidden @ weight
+        reached = []
+        logits.register_hook(lambda grad: reached.append(grad.data_ptr()))
+        out = encouraging_loss(logits, target, ignore_index=PAD, reduction=reduction, impl="fused",
+                               overwrite_logits=overwrite, **OPTION_SETS["paper"])
+        factor = torch.linspace(-2, 5, target.numel()) if upstream is None else torch.tensor(upstream)
+        (out.loss * factor.to(out.loss.dtype)).sum().backward()
+        assert (reached[0] == logits.data_ptr()) == overwrite
+        results.append((out.loss.detach(), hidden.grad, weight.grad))
+    for kept, overwritten in zip(*results):
+        assert torch.equal(kept, overwritten)
+
+
+def test_overwrite_never_takes_a_leafs_memory(chunk_elements):
+    chunk_elements(3 * 101)
+    logits, target = make_inputs()
+    for leaf in (logits.clone().requires_grad_(), logits.clone().view(37, 101, 1).requires_grad_()):
+        given = leaf.view(37, 101)  # a view of a leaf is the leaf's memory too
+        encouraging_loss(given, target, ignore_index=PAD, impl="fused", overwrite_logits=True,
+                         **OPTION_SETS["paper"]).loss.mul(2.0).backward()
+        assert torch.equal(leaf.detach().view(37, 101), logits)
+
+
+def test_overwrite_fails_loudly_when_the_graph_saved_the_logits():
+    """A model that still needs its logits in backward (here: a penalty on their squares) gets
+    autograd's in-place error, never a gradient computed from overwritten values."""
+    _, target = make_inputs()
+    hidden, weight = projected_logits(torch.float32)
+    logits = hidden @ weight
+    penalty = logits.pow(2).mean()  # pow saves its input
+    loss = encouraging_loss(logits, target, ignore_index=PAD, impl="fused", overwrite_logits=True,
+                            **OPTION_SETS["paper"]).loss
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (loss + penalty).backward()
+
+
+def test_overwritten_logits_allow_one_backward_only():
+    _, target = make_inputs()
+    hidden, weight = projected_logits(torch.float16)
+    loss = encouraging_loss(hidden @ weight, target, ignore_index=PAD, impl="fused", overwrite_logits=True,
+                            **OPTION_SETS["paper"]).loss
+    loss.backward(torch.tensor(64.0, dtype=loss.dtype), retain_graph=True)
+    with pytest.raises(RuntimeError, match="backpropagated once only.*--el-keep-logits"):
+        loss.backward(torch.tensor(64.0, dtype=loss.dtype))

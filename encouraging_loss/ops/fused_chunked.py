@@ -40,7 +40,7 @@ FP16_GRAD_HEADROOM = 2.0**14
 def fused_row_terms(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
                     options: EncouragingLossOptions, row_weight: Optional[torch.Tensor] = None,
                     with_stats: bool = True, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
-                    sweep: str = "chunked") -> RowTerms:
+                    sweep: str = "chunked", overwrite_logits: bool = False) -> RowTerms:
     """Loss parts of (N, V) logits, backpropagating through a gradient computed in the forward sweep.
 
     With ``row_weight`` (a 0-dim tensor: 1 for a sum, 1/n for a mean) ``loss`` is already reduced,
@@ -48,26 +48,40 @@ def fused_row_terms(logits: torch.Tensor, target: torch.Tensor, valid: torch.Ten
     ``loss`` is per row (N,) and backward weights each row by its upstream gradient.
     ``sweep``: 'chunked' (PyTorch ops, any device) or 'triton' (ops/triton_kernel.py), the part
     that streams over the logits; everything else is shared.
+    ``overwrite_logits``: the caller will not read ``logits`` again (see ``encouraging_loss``).
     """
     if sweep not in SWEEPS:
         raise ValueError(f"sweep must be one of {', '.join(SWEEPS)}, got {sweep!r}")
     holder = {}
     loss = _FusedEncouragingLoss.apply(logits, target, valid, options, row_weight, with_stats,
-                                       chunk_elements, sweep, holder)
+                                       chunk_elements, sweep, overwrite_logits, holder)
     return RowTerms(loss=loss, nll=holder["nll"], ce=holder["ce"], bonus=holder["bonus"],
                     stats=holder.get("stats"))
 
 
 class _FusedEncouragingLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, target, valid, options, row_weight, with_stats, chunk_elements, sweep, holder):
+    def forward(ctx, logits, target, valid, options, row_weight, with_stats, chunk_elements, sweep,
+                overwrite_logits, holder):
         rows, vocab = logits.shape
         device = logits.device
         math_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        logits = logits.contiguous()
+        contiguous = logits.contiguous()
         grad = grad_row_scale = grad_weight = None
+        ctx.consumes_gradient = False
         if ctx.needs_input_grad[0]:
-            grad = torch.empty((rows, vocab), dtype=logits.dtype, device=device)
+            # Every sweep reads a row's logits before it writes the row's gradient, so the
+            # gradient can take the logits' place: always in a copy made here, and in the caller's
+            # tensor when it is done with it. A detached alias shares the version counter, so a
+            # graph that saved these logits elsewhere fails loudly in backward instead of reading
+            # a gradient; a leaf's memory (a parameter, a user's input) is never taken.
+            if contiguous is not logits:
+                grad = contiguous
+            elif overwrite_logits and not _is_leaf_memory(logits):
+                grad = logits.detach()
+                ctx.consumes_gradient = True
+            else:
+                grad = torch.empty((rows, vocab), dtype=logits.dtype, device=device)
             if logits.dtype == torch.float16:
                 grad_row_scale = torch.ones(rows, dtype=torch.float32, device=device)
             grad_weight = valid.to(math_dtype)
@@ -78,9 +92,9 @@ class _FusedEncouragingLoss(torch.autograd.Function):
 
         if sweep == "triton":
             from .triton_kernel import triton_sweep
-            triton_sweep(logits, index, options, sums, grad, grad_weight, grad_row_scale)
+            triton_sweep(contiguous, index, options, sums, grad, grad_weight, grad_row_scale)
         else:
-            _chunked_sweep(logits, index, options, sums, grad, grad_weight, grad_row_scale, chunk_elements)
+            _chunked_sweep(contiguous, index, options, sums, grad, grad_weight, grad_row_scale, chunk_elements)
 
         # The loss parts, for all rows at once from the per-row sums.
         nll_weight, smooth_weight = smoothing_weights(options.label_smoothing, vocab)
@@ -100,10 +114,17 @@ class _FusedEncouragingLoss(torch.autograd.Function):
         ctx.mark_non_differentiable(nll, ce, bonus)
         ctx.save_for_backward(grad, grad_row_scale)
         ctx.per_row = row_weight is None
+        ctx.chunk_elements = chunk_elements
         return loss if ctx.per_row else (loss * row_weight).sum()
 
     @staticmethod
     def backward(ctx, grad_output):
+        no_grads = (None,) * 9
+        if getattr(ctx, "gradient_consumed", False):
+            raise RuntimeError(
+                "the fused encouraging loss was called with overwrite_logits=True, which keeps the "
+                "gradient in the logits' memory and scales it in place: its graph can be backpropagated "
+                "once only. Call it without overwrite_logits (criterion: --el-keep-logits) to replay it.")
         grad, grad_row_scale = ctx.saved_tensors
         # float64 gradients keep a float64 factor; half ones are scaled in float32 (rounded once).
         factor = grad_output.to(torch.float64 if grad.dtype == torch.float64 else torch.float32)
@@ -112,10 +133,35 @@ class _FusedEncouragingLoss(torch.autograd.Function):
         if factor.dim() == 1:
             factor = factor.unsqueeze(-1)
         elif float(factor) == 1.0:
-            return (grad,) + (None,) * 8  # the common case (a sum, no loss scaling): no copy
-        # Out of place: the graph may be retained and replayed (gradcheck does), so the stored
-        # gradient must stay as the forward left it.
-        return (grad * factor).to(grad.dtype), *(None,) * 8
+            return (grad,) + no_grads  # the common case (a sum, no loss scaling): no copy
+        if ctx.consumes_gradient:
+            ctx.gradient_consumed = True
+            return _scale_rows(grad, factor, out=grad, chunk_elements=ctx.chunk_elements), *no_grads
+        # Out of place otherwise: the graph may be retained and replayed (gradcheck does), so the
+        # stored gradient must stay as the forward left it.
+        return _scale_rows(grad, factor, out=torch.empty_like(grad), chunk_elements=ctx.chunk_elements), *no_grads
+
+
+def _is_leaf_memory(tensor: torch.Tensor) -> bool:
+    """True for a leaf tensor or a view of one: memory that the caller owns beyond this graph."""
+    base = tensor._base if tensor._base is not None else tensor
+    return tensor.is_leaf or base.is_leaf
+
+
+def _scale_rows(grad, factor, out, chunk_elements):
+    """out = grad * factor (factor (N, 1) or 0-dim, in the math dtype), rounded once to grad's dtype.
+
+    CUDA kernels cast each element on the fly; on CPU a mixed-dtype multiply first makes a math-dtype
+    copy of its input, so there the rows go through in chunks and that copy stays chunk-sized."""
+    if grad.device.type != "cpu" or grad.dtype == factor.dtype:
+        return torch.mul(grad, factor, out=out)
+    rows, vocab = grad.shape
+    step = max(1, chunk_elements // max(vocab, 1))
+    for start in range(0, rows, step):
+        end = min(rows, start + step)
+        row_factor = factor[start:end] if factor.dim() else factor
+        torch.mul(grad[start:end], row_factor, out=out[start:end])
+    return out
 
 
 def _chunked_sweep(logits, index, options, sums, grad, grad_weight, grad_row_scale, chunk_elements):

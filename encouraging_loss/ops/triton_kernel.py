@@ -8,6 +8,8 @@ logits and one write of the gradient, the bandwidth floor. It fills the same per
 chunked PyTorch sweep (fused_chunked._ROW_SUMS); the loss parts, diagnostics and backward are
 shared with it. fp16 gradients get a per-row power-of-two scale chosen from an upper bound of
 the row's largest entry, which is known before pass 3 writes anything.
+Pass 3 reads each tile before it writes the tile's gradient, so the gradient may take the
+logits' place (``overwrite_logits``).
 
 Importable without Triton; ``triton_available()`` is True only with CUDA and Triton. The kernel
 also runs in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1), which is how the tests
@@ -41,13 +43,13 @@ def triton_available() -> bool:
 
 
 def triton_row_terms(logits, target, valid, options: EncouragingLossOptions, row_weight=None,
-                     with_stats: bool = True) -> RowTerms:
+                     with_stats: bool = True, overwrite_logits: bool = False) -> RowTerms:
     """fused_row_terms with the Triton sweep (same arguments and results); float64 logits keep
     the chunked sweep, the kernel's math being float32."""
     from .fused_chunked import fused_row_terms
     sweep = "chunked" if logits.dtype == torch.float64 else "triton"
     return fused_row_terms(logits, target, valid, options, row_weight=row_weight, with_stats=with_stats,
-                           sweep=sweep)
+                           sweep=sweep, overwrite_logits=overwrite_logits)
 
 
 def triton_sweep(logits, index, options, sums, grad, grad_weight, grad_row_scale):

@@ -33,6 +33,10 @@ class EncouragingLabelSmoothedCrossEntropyConfig(LabelSmoothedCrossEntropyCriter
     el_impl: ChoiceEnum(IMPLS) = field(default="auto", metadata={
         "help": "fused: one streaming pass over the logits (Triton on CUDA, chunked PyTorch on CPU); "
                 "reference: the straightforward autograd version; auto: fused"})
+    el_keep_logits: bool = field(default=False, metadata={
+        "help": "fused path: store the gradient beside the decoder's logits instead of in their memory "
+                "(costs one logits-sized tensor); for models whose own graph still needs the logits, "
+                "which otherwise fail in backward with 'modified by an inplace operation'"})
 
 
 @register_criterion("encouraging_ls", dataclass=EncouragingLabelSmoothedCrossEntropyConfig)
@@ -45,7 +49,7 @@ class EncouragingLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCri
 
     def __init__(self, task, sentence_avg, label_smoothing, ignore_prefix_size=0, report_accuracy=False,
                  bonus_rho=1.0, log_end=0.5, el_label_smoothing=None, bonus="log", bonus_gamma=1.0,
-                 bonus_start=0.0, el_impl="auto"):
+                 bonus_start=0.0, el_impl="auto", el_keep_logits=False):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         self.options = EncouragingLossOptions(
             label_smoothing=label_smoothing, bonus_rho=bonus_rho, log_end=log_end,
@@ -54,6 +58,7 @@ class EncouragingLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCri
         if str(el_impl) not in IMPLS:
             raise ValueError(f"--el-impl must be one of {', '.join(IMPLS)}, got {el_impl!r}")
         self.impl = str(el_impl)
+        self.keep_logits = bool(el_keep_logits)
         self.bonus_scale = 1.0
         self.with_stats = True
 
@@ -89,15 +94,18 @@ class EncouragingLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCri
         target = model.get_targets(sample, net_output)
         if getattr(model.decoder, "adaptive_softmax", None) is None:
             logits = net_output[0]  # raw decoder logits: no float32 log-softmax copy
+            overwrite_logits = not self.keep_logits  # nothing reads them after the loss (accuracy comes from stats)
         else:
             logits = model.get_normalized_probs(net_output, log_probs=True)
+            overwrite_logits = False  # log_softmax saved its output for backward
         if self.ignore_prefix_size > 0:
             logits = logits[:, self.ignore_prefix_size:, :]
             target = target[:, self.ignore_prefix_size:]
         options = self.options if self.bonus_scale == 1.0 else self.options.with_rho(self.bonus_weight)
         return encouraging_loss(logits, target, options, ignore_index=self.padding_idx,
                                 reduction="sum" if reduce else "none", impl=self.impl,
-                                with_stats=self.with_stats or self.report_accuracy)
+                                with_stats=self.with_stats or self.report_accuracy,
+                                overwrite_logits=overwrite_logits)
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
