@@ -45,6 +45,26 @@ def test_train_loss_is_finite_and_falls(trained):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+def test_fp16_training_follows_the_float32_run(trained, toy_data_bin, tmp_path, impl):
+    """fairseq's --fp16 (half model, dynamic loss scaling) on CPU, where it needs
+    --fp16-no-flatten-grads: the fused loss there keeps the gradient in the half logits' memory
+    with a per-row scale and multiplies in the loss scale in place. Both paths must follow the
+    float32 run of the same seed update for update, to the precision of the log."""
+    _, float32_log = trained
+    half = run_tool("fairseq-train", toy_data_bin, *TRAIN_ARGS, "--max-update", "40", "--save-dir", tmp_path,
+                    "--no-save", "--fp16", "--fp16-no-flatten-grads", "--el-impl", impl)
+    half_records, float32_records = json_records(half.stderr + half.stdout, "train_inner"), json_records(float32_log, "train_inner")
+    assert [r["num_updates"] for r in half_records] == [r["num_updates"] for r in float32_records]
+    assert all(float(r["loss_scale"]) >= 1 for r in half_records) and "loss_scale" not in float32_records[0]
+    for got, want in zip(half_records, float32_records):
+        for key in ("loss", "nll_loss", "ce_loss", "bonus", "p_target", "gnorm"):
+            assert float(got[key]) == pytest.approx(float(want[key]), rel=5e-3, abs=0.02), (key, got, want)
+        # a percentage; half-precision logits flip the argmax of a few near ties
+        assert float(got["accuracy"]) == pytest.approx(float(want["accuracy"]), abs=0.5), (got, want)
+
+
+@pytest.mark.slow
 def test_resume_from_checkpoint_last_continues(trained, toy_data_bin):
     save_dir, _ = trained
     resumed = run_tool("fairseq-train", toy_data_bin, *TRAIN_ARGS, "--max-update", "50", "--save-dir", save_dir)

@@ -194,6 +194,61 @@ def test_train_records_the_exact_command_and_cpu_fallback(demo):
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
 
 
+def dry_run(tmp_path, *args, recipe="iwslt14_de_en", **env):
+    data = tmp_path / "data"
+    (data / "bin").mkdir(parents=True, exist_ok=True)
+    (data / "bin" / "dict.de.txt").touch()
+    full_env = {key: value for key, value in os.environ.items() if key not in ("WORLD_SIZE", "RANK", "FP16")}
+    full_env.update(PYTHON=sys.executable, **env)
+    proc = subprocess.run(["bash", str(SCRIPTS / "train.sh"), recipe, "--data-dir", str(data), "--dry-run",
+                           "--run-dir", str(tmp_path / "run"), *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "run").exists()  # a dry run writes nothing
+    return proc.stdout.split(), proc.stderr
+
+
+def flag_values(command, flag):
+    return [command[i + 1] for i, word in enumerate(command) if word == flag]
+
+
+def test_train_hardware_arguments_for_gpus_torchrun_and_cpu(tmp_path):
+    """What train.sh hands fairseq-train per hardware (the GPU branches cannot run here):
+    the iwslt14 recipe's UPDATE_FREQ (4, for one GPU) is divided among the workers."""
+    one_gpu, _ = dry_run(tmp_path, NUM_GPUS="1")
+    assert "--fp16" in one_gpu and "--cpu" not in one_gpu and flag_values(one_gpu, "--update-freq") == ["4"]
+    four, _ = dry_run(tmp_path, NUM_GPUS="4")
+    assert flag_values(four, "--distributed-world-size") == ["4"] and flag_values(four, "--update-freq") == ["1"]
+    assert "--fp16" in four
+    torchrun, printed = dry_run(tmp_path, NUM_GPUS="1", WORLD_SIZE="2", RANK="1")
+    assert flag_values(torchrun, "--update-freq") == ["2"] and "--distributed-world-size" not in torchrun
+    assert "rank 1 of 2" in printed
+    no_fp16, _ = dry_run(tmp_path, NUM_GPUS="2", FP16="0")
+    assert "--fp16" not in no_fp16
+    cpu, printed = dry_run(tmp_path, NUM_GPUS="0")
+    assert "--cpu" in cpu and "--fp16" not in cpu and "training on CPU in float32" in printed
+    cpu_half, printed = dry_run(tmp_path, NUM_GPUS="0", FP16="1")
+    assert {"--cpu", "--fp16", "--fp16-no-flatten-grads"} <= set(cpu_half) and "half precision" in printed
+    extra, _ = dry_run(tmp_path, "--", "--max-update", "7", NUM_GPUS="0")
+    assert flag_values(extra, "--max-update")[-1] == "7"  # extra arguments come last and win
+
+
+@pytest.mark.slow
+def test_train_fp16_on_cpu_rehearses_the_gpu_path(demo, tmp_path):
+    """FP16=1 without a GPU: a half-precision model under fairseq's dynamic loss scaler."""
+    out, _ = demo
+    run = tmp_path / "run"
+    proc = run_script("train.sh", "demo", "--data-dir", out / "data", "--run-dir", run, "--",
+                      "--max-update", "12", "--max-epoch", "1", "--log-interval", "4", "--no-save",
+                      env=dict(REDUCED_DEMO, FP16="1"))
+    assert json.loads((run / "run.json").read_text())["fp16"] is True
+    records = [json.loads(line.split(" | ")[-1]) for line in (run / "train.log").read_text().splitlines()
+               if "| train_inner |" in line]
+    assert records and all("loss_scale" in r and r["loss"] != "nan" for r in records)
+    assert float(records[-1]["loss"]) < float(records[0]["loss"])
+    assert "half precision" in proc.stderr
+
+
 def test_score_moses_detokenised_and_compound_split(tmp_path):
     """The WMT En-De path of score_translations.py on a handmade fairseq-generate output: Moses
     detokenisation before sacreBLEU, and compound splitting before tokenised BLEU."""
