@@ -471,6 +471,7 @@ class Archive:
     key: str        # names the --KEY-url flag
     url: str
     members: tuple  # paths inside the archive that the recipe reads
+    also_named: tuple = ()  # other file names of the same archive (another mirror's), accepted in --raw-dir
 
     def local_name(self, url=None) -> str:
         return Path(urllib.parse.urlparse(url or self.url).path).name
@@ -519,7 +520,10 @@ def download(url: str, destination: Path) -> None:
 def ensure_archive(raw_dir: Path, archive: Archive, url: str, offline: bool) -> Path:
     """The archive in raw_dir, downloaded first unless present; verified either way."""
     path = raw_dir / archive.local_name(url)
-    if path.is_file():
+    present = [candidate for candidate in (path, *(raw_dir / name for name in archive.also_named))
+               if candidate.is_file()]
+    if present:
+        path = present[0]
         LOG.info("using %s (already present; download skipped)", path)
     elif offline:
         raise DataPrepError(f"missing archive: {path} (--offline; download it from {url})")
@@ -564,7 +568,7 @@ def fetch_archives(args, archives) -> tuple:
 
 
 # ----------------------------------------------------------------------------------------------
-# IWSLT TED talks (de-en.tgz of IWSLT14, fr-en.tgz of IWSLT17): train.tags.* and *.xml files
+# IWSLT TED talks (de-en.tgz of IWSLT14, fr-en.zip/.tgz of IWSLT17): train.tags.* and *.xml files
 
 _SEG = re.compile(r'<seg id="[0-9]*">\s*(.*?)\s*</seg>')
 
@@ -614,11 +618,11 @@ def check_direction(settings, pair):
 
 
 def prepare_iwslt(args, *, corpus_name, pair, prefix, archive_key, default_url, drop_containing, valid_every, valid_sets,
-                  test_sets, apostrophe_in_tests) -> Path:
+                  test_sets, apostrophe_in_tests, also_named=()) -> Path:
     settings = settings_from_args(args, cleaning=cleaning_from_args(args), valid_sets=valid_sets,
                                   test_sets=test_sets)
     check_direction(settings, pair)
-    archive = Archive(archive_key, default_url, iwslt_members(pair, prefix, [*valid_sets, *test_sets]))
+    archive = Archive(archive_key, default_url, iwslt_members(pair, prefix, [*valid_sets, *test_sets]), also_named)
     paths, inputs = fetch_archives(args, [archive])
     fingerprint = make_fingerprint(corpus_name, settings, inputs)
     if not args.force and up_to_date(args.out_dir, fingerprint):
@@ -651,7 +655,10 @@ def prepare_iwslt(args, *, corpus_name, pair, prefix, archive_key, default_url, 
 
 
 IWSLT14_URL = "http://dl.fbaipublicfiles.com/fairseq/data/iwslt14/de-en.tgz"
-IWSLT17_URL = "https://wit3.fbk.eu/archive/2017-01-trnted/texts/fr/en/fr-en.tgz"
+# WIT3's own archive (wit3.fbk.eu/archive/2017-01-trnted/texts/fr/en/fr-en.tgz) answers 404 since 2021
+# (fairseq issue #3623); the Hugging Face IWSLT/iwslt2017 dataset keeps the release, same files, as a zip.
+IWSLT17_URL = "https://huggingface.co/datasets/IWSLT/iwslt2017/resolve/main/data/2017-01-trnted/texts/fr/en/fr-en.zip"
+IWSLT17_OTHER_NAMES = ("fr-en.tgz",)  # WIT3's name, for users who have that copy
 IWSLT14_TESTS = ("TED.dev2010", "TEDX.dev2012", "TED.tst2010", "TED.tst2011", "TED.tst2012")
 IWSLT17_VALID = ("TED.dev2010",)
 IWSLT17_TESTS = ("TED.tst2010", "TED.tst2011", "TED.tst2012", "TED.tst2013", "TED.tst2014", "TED.tst2015")
@@ -672,7 +679,7 @@ def command_iwslt17(args) -> Path:
                          drop_containing=("<url>", "<talkid>", "<keywords>", "<speaker>", "<reviewer",
                                           "<translator", "<doc", "</doc>"),
                          valid_every=0, valid_sets=tuple(args.valid_sets), test_sets=tuple(args.test_sets),
-                         apostrophe_in_tests=False)
+                         apostrophe_in_tests=False, also_named=IWSLT17_OTHER_NAMES)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Time and peak memory of the loss alone, forward + backward: fairseq's label-smoothed CE vs the
-encouraging loss written the straightforward way (reference) vs the fused streaming version.
+encouraging loss written the straightforward way (reference) vs the fused streaming version, the
+latter also as the criterion calls it (fused-overwrite: the gradient stored over the logits).
 
 Times: per size, one subprocess runs the implementations interleaved (one warm-up each, then
 --repeats rounds, each round timing every implementation once, in rotating order); the table
@@ -13,6 +14,9 @@ targets; on CUDA torch.cuda.max_memory_allocated over the same baseline.
 
 On CUDA the table also gives the share of the bandwidth floor: the time of one read of the logits
 plus one write of a gradient of the same size (a device copy), over the measured time.
+Inputs are leaf tensors, except for fused-overwrite, which gets a non-leaf copy made before the
+clock starts (and before the memory baseline), as a decoder's output layer hands it over.
+--loss-scale multiplies the loss before backward, as fp16 training's loss scaler does.
 
     python scripts/bench_loss.py --quick                 # 4096 x 32000, CPU, float32
     python scripts/bench_loss.py                         # tokens {4096,16384} x vocab {8k,32k,64k}
@@ -33,8 +37,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-IMPLS = ("lsce", "reference", "fused")
-IMPL_TITLES = {"lsce": "fairseq LS-CE", "reference": "EL reference", "fused": "EL fused"}
+IMPLS = ("lsce", "reference", "fused", "fused-overwrite")
+IMPL_TITLES = {"lsce": "fairseq LS-CE", "reference": "EL reference", "fused": "EL fused",
+               "fused-overwrite": "EL fused, gradient over the logits"}
 PAD = 1  # fairseq's padding index
 
 
@@ -56,6 +61,8 @@ def parse_args(argv=None):
     parser.add_argument("--correct-fraction", type=float, default=0.5,
                         help="share of tokens whose target is the argmax, as in a model being trained (default: %(default)s)")
     parser.add_argument("--pad-fraction", type=float, default=0.05, help="share of padding tokens (default: %(default)s)")
+    parser.add_argument("--loss-scale", type=float, default=1.0,
+                        help="upstream gradient of the summed loss, as fp16's loss scaler sets it (default: %(default)s)")
     parser.add_argument("--reference-max-elements", type=float, default=1.5e8,
                         help="skip the reference above this many logits: it holds ~9 float32 copies "
                              "(default: %(default).0e, i.e. up to 4096 x 32000)")
@@ -138,7 +145,8 @@ def describe_environment(args, devices):
     if "cuda" in devices:
         lines.append(f"CUDA device: {torch.cuda.get_device_name()}")
     lines.append(f"label smoothing {args.label_smoothing}, LE {args.log_end}, logits ~ N(0, {args.logit_scale}^2), "
-                 f"{args.correct_fraction:.0%} argmax targets, {args.pad_fraction:.0%} padding; "
+                 f"{args.correct_fraction:.0%} argmax targets, {args.pad_fraction:.0%} padding, "
+                 f"loss scale {args.loss_scale:g}; "
                  f"times: medians of {args.repeats} interleaved rounds after a warm-up; memory: a fresh process each")
     return "\n".join(lines)
 
@@ -146,7 +154,8 @@ def describe_environment(args, devices):
 def run_in_subprocess(case, args):
     forwarded = ["--repeats", str(args.repeats), "--label-smoothing", str(args.label_smoothing),
                  "--log-end", str(args.log_end), "--logit-scale", str(args.logit_scale),
-                 "--correct-fraction", str(args.correct_fraction), "--pad-fraction", str(args.pad_fraction)]
+                 "--correct-fraction", str(args.correct_fraction), "--pad-fraction", str(args.pad_fraction),
+                 "--loss-scale", str(args.loss_scale)]
     if args.threads:
         forwarded += ["--threads", str(args.threads)]
     if args.chunk_elements:
@@ -183,25 +192,32 @@ def run_case(case, args):
     logits, target = logits.to(device), target.to(device)
     steps = {impl: make_step(impl, target, args) for impl in case["impls"]}
     memory = PeakMemory(device)
+    decoder_output = _decoder_output()
 
-    def run_once(impl):
+    def prepare(impl):
         leaf = logits.detach().requires_grad_()
-        steps[impl](leaf).backward()
+        return decoder_output.apply(leaf) if impl == "fused-overwrite" else leaf
+
+    def run_once(impl, given):
+        (steps[impl](given) * args.loss_scale).backward()
         memory.synchronize()
 
     if case["mode"] == "memory":
+        given = prepare(case["impls"][0])
         memory.reset()
-        run_once(case["impls"][0])
+        run_once(case["impls"][0], given)
         return dict(peak_mb=memory.peak_mb())
     for impl in steps:
-        run_once(impl)  # warm-up: allocator, thread pool, lazy imports
+        run_once(impl, prepare(impl))  # warm-up: allocator, thread pool, lazy imports
     times = {impl: [] for impl in steps}
     order = list(steps)
     for round_number in range(args.repeats):
         for impl in order[round_number % len(order):] + order[:round_number % len(order)]:
+            given = prepare(impl)
             start = time.perf_counter()
-            run_once(impl)
+            run_once(impl, given)
             times[impl].append(time.perf_counter() - start)
+            del given
     result = dict(times=times)
     if device.type == "cuda":
         result["floor_s"] = bandwidth_floor_seconds(logits, args.repeats)
@@ -230,10 +246,31 @@ def make_step(impl, target, args):
         functional.fused_row_terms = functools.partial(fused_row_terms, chunk_elements=args.chunk_elements)
     options = EncouragingLossOptions(label_smoothing=args.label_smoothing, log_end=args.log_end)
 
+    overwrite = impl == "fused-overwrite"
+
     def step(logits):
         # with_stats as the fairseq criterion runs it
-        return encouraging_loss(logits, target, options, ignore_index=PAD, impl=impl, with_stats=True).loss
+        return encouraging_loss(logits, target, options, ignore_index=PAD, impl="fused" if overwrite else impl,
+                                with_stats=True, overwrite_logits=overwrite).loss
     return step
+
+
+def _decoder_output():
+    import torch
+
+    class DecoderOutput(torch.autograd.Function):
+        """Stands in for a decoder's output layer: a non-leaf with memory of its own, whose backward
+        allocates nothing (a real output projection's input gradient is only tokens x model width)."""
+
+        @staticmethod
+        def forward(ctx, logits):
+            return logits.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return None
+
+    return DecoderOutput
 
 
 class PeakMemory:

@@ -241,11 +241,17 @@ def test_every_nth_matches_awk_nr_modulo():
 
 import io
 import tarfile
+import zipfile
 
 
 def make_tgz(path: Path, members: dict):
-    """A gzip-compressed tar with {member path: lines}, like the real .tgz downloads."""
+    """A gzip-compressed tar with {member path: lines}, like the real .tgz downloads (a .zip by name)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".zip":
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+            for name, lines in members.items():
+                archive.writestr(name, "".join(line + "\n" for line in lines))
+        return path
     with tarfile.open(path, "w:gz") as archive:
         for name, lines in members.items():
             data = "".join(line + "\n" for line in lines).encode("utf-8")
@@ -408,14 +414,28 @@ def make_iwslt17_archive(path: Path, pairs):
     return make_tgz(path, members), sets
 
 
+def test_iwslt17_takes_the_mirrors_zip_or_wit3s_tgz(tmp_path):
+    """The default download is the Hugging Face mirror's fr-en.zip; WIT3's fr-en.tgz, which some
+    users still have, is accepted in --raw-dir under its own name."""
+    assert prepare.IWSLT17_URL.endswith("/2017-01-trnted/texts/fr/en/fr-en.zip")
+    members = ("fr-en/train.tags.fr-en.fr",)
+    archive = prepare.Archive("iwslt17", prepare.IWSLT17_URL, members, prepare.IWSLT17_OTHER_NAMES)
+    with pytest.raises(prepare.DataPrepError, match=f"missing archive: {tmp_path / 'fr-en.zip'} .*--offline"):
+        prepare.ensure_archive(tmp_path, archive, prepare.IWSLT17_URL, offline=True)
+    tgz = make_tgz(tmp_path / "fr-en.tgz", {members[0]: ["Bonjour ."]})
+    assert prepare.ensure_archive(tmp_path, archive, prepare.IWSLT17_URL, offline=True) == tgz
+    zipped = make_tgz(tmp_path / "fr-en.zip", {members[0]: ["Bonjour ."]})
+    assert prepare.ensure_archive(tmp_path, archive, prepare.IWSLT17_URL, offline=True) == zipped
+
+
 @pytest.mark.slow
 def test_iwslt17_cased_sets_and_existing_archive_is_not_downloaded(tmp_path):
     pairs = [(de, en, True) for de, en, _ in talk_pairs(40, seed=3)]
-    archive, sets = make_iwslt17_archive(tmp_path / "downloads" / "fr-en.tgz", pairs)
+    archive, sets = make_iwslt17_archive(tmp_path / "downloads" / "fr-en.zip", pairs)
     out = tmp_path / "iwslt17"
-    # The archive is present, so the (unreachable) URL must never be tried.
+    # The archive (the default mirror's zip) is present, so the URL must never be tried.
     run_script("prepare_iwslt17_fr_en.sh", "--raw-dir", archive.parent, "--out-dir", out, "--vocab-size", "120",
-               "--workers", "1", "--iwslt17-url", "http://127.0.0.1:9/fr-en.tgz", "--max-tokens", "175")
+               "--workers", "1", "--offline", "--max-tokens", "175")
     expected = [(fr, en) for fr, en, _ in iwslt_meta_pairs(2, pairs) if fr.strip() and len(fr.split()) <= 175]
     assert read(out / "raw" / "train.fr") == [fr for fr, _ in expected]
     assert read(out / "raw" / "train.en") == [en for _, en in expected]
