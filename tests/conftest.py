@@ -55,3 +55,13 @@ def toy_data_bin(tmp_path_factory):
              "--trainpref", raw / "train", "--validpref", raw / "valid", "--testpref", raw / "test",
              "--destdir", dest, "--joined-dictionary", "--workers", "1")
     return dest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_stays_clean():
+    """Tools run from the repository root must write into temporary folders only: fairseq and hydra
+    otherwise leave checkpoints/ and outputs/ behind in the checkout."""
+    before = {entry.name for entry in REPO.iterdir()}
+    yield
+    left_behind = sorted({entry.name for entry in REPO.iterdir()} - before - {".pytest_cache"})
+    assert not left_behind, f"the tests left {left_behind} in {REPO}"

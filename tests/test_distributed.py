@@ -23,9 +23,10 @@ def free_port():
 def test_two_gloo_processes_match_one_process_with_the_same_total_batch(toy_data_bin, tmp_path):
     # fairseq shards batches round-robin over ranks, so rank r of 2 sees the batches that one process
     # with --update-freq 2 accumulates in the same update; with dropout off the results must agree.
-    single = run_tool("fairseq-train", toy_data_bin, *COMMON, "--update-freq", "2")
+    # cwd: fairseq makes its default save dir (checkpoints/) even with --no-save
+    single = run_tool("fairseq-train", toy_data_bin, *COMMON, "--update-freq", "2", cwd=tmp_path)
     parallel = run_tool("torchrun", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                        "--master_port", free_port(), BIN / "fairseq-train", toy_data_bin, *COMMON)
+                        "--master_port", free_port(), BIN / "fairseq-train", toy_data_bin, *COMMON, cwd=tmp_path)
     parallel_log = parallel.stderr + parallel.stdout
     assert "CPU data parallel: rank 1 of 2, gloo backend, legacy_ddp" in parallel_log
     for kind in ("train_inner", "valid"):
