@@ -98,7 +98,7 @@ fi
 # The project itself, editable: `import encouraging_loss` and `--user-dir "$(python -m fairseq_plugins)"`
 # work from any directory, and edits in this checkout take effect without reinstalling.
 if (cd / && "$py" -c 'import sys, pathlib, encouraging_loss
-sys.exit(pathlib.Path(encouraging_loss.__file__).resolve().parents[1] != pathlib.Path(sys.argv[1]).resolve())' "$repo") 2>/dev/null; then
+sys.exit(pathlib.Path(encouraging_loss.__file__).resolve().parent != (pathlib.Path(sys.argv[1]) / "encouraging_loss").resolve())' "$repo") 2>/dev/null; then
   echo "[install] keeping the editable install of this checkout"
 else
   echo "[install] installing this checkout (editable)"
