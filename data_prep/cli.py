@@ -107,5 +107,8 @@ def main(argv=None) -> int:
     except DataPrepError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the build removed its temporary directory and ended its children
+        print("error: interrupted", file=sys.stderr)
+        return 130
     print(out_dir)
     return 0

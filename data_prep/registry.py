@@ -35,8 +35,8 @@ CORPORA = {
     # WIT3's own archive (wit3.fbk.eu/archive/2017-01-trnted/texts/fr/en/fr-en.tgz) answers 404 since 2021
     # (fairseq issue #3623); the Hugging Face IWSLT/iwslt2017 dataset keeps the release, same files, as a zip.
     "iwslt17-fr-en": (
-        Archive("iwslt17",
-                "https://huggingface.co/datasets/IWSLT/iwslt2017/resolve/main/data/2017-01-trnted/texts/fr/en/fr-en.zip",
+        Archive("iwslt17", "https://huggingface.co/datasets/IWSLT/iwslt2017/resolve/main/"
+                           "data/2017-01-trnted/texts/fr/en/fr-en.zip",
                 iwslt_members("fr-en", "IWSLT17", IWSLT17_VALID + IWSLT17_TESTS),
                 digests={"fr-en.tgz": "sha256:a40ca3b9a0064bd1fd582df4ced260dd3e7ff9f6f7bf863f139f74b7a5cabd78"},
                 also_named=("fr-en.tgz",)),  # WIT3's name, for users who have that copy

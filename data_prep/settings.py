@@ -29,7 +29,8 @@ class Settings:
 
     def validate(self) -> "Settings":
         if not re.fullmatch(r"[A-Za-z0-9_-]+", self.src) or not re.fullmatch(r"[A-Za-z0-9_-]+", self.tgt):
-            raise DataPrepError(f"--src-lang/--tgt-lang must be file suffixes like 'de' (got {self.src!r}, {self.tgt!r})")
+            raise DataPrepError("--src-lang/--tgt-lang must be file suffixes like 'de' "
+                                f"(got {self.src!r}, {self.tgt!r})")
         if self.src == self.tgt:
             raise DataPrepError(f"--src-lang and --tgt-lang must differ (both are {self.src!r})")
         if self.vocab_size < 8:

@@ -40,7 +40,7 @@ def train_sentencepiece(text_files, prefix: Path, settings, log_path: Path):
                 f"at least {too_few.group(2)} (one piece per character); raise --vocab-size or lower "
                 "--character-coverage") from None
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        raise DataPrepError(f"SentencePiece training failed: {reason} (log: {log_path})") from None
+        raise DataPrepError(f"SentencePiece training failed: {reason}") from None
     return spm.SentencePieceProcessor(model_file=str(prefix) + ".model")
 
 
@@ -64,5 +64,6 @@ def run_fairseq_preprocess(pieces_dir: Path, bin_dir: Path, settings, log_path: 
     status = run_tied(command, log_path)
     if status != 0:
         tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
-        raise DataPrepError(f"fairseq-preprocess failed ({status}): {tail[0]} (log: {log_path})")
+        # The log goes with the temporary directory; its last line usually names the problem.
+        raise DataPrepError(f"fairseq-preprocess failed ({status}): {tail[0]}")
     return command

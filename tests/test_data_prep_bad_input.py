@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import time
-import unicodedata
 from pathlib import Path
 
 import pytest

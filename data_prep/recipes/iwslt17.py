@@ -17,7 +17,8 @@ ARCHIVES = CORPORA[NAME]
 
 def add_arguments(parser) -> None:
     parser.add_argument("--valid-sets", nargs="+", default=list(IWSLT17_VALID),
-                        help=f"dev/test sets (IWSLT17.<SET>.fr-en.*.xml) forming valid (default {' '.join(IWSLT17_VALID)})")
+                        help="dev/test sets (IWSLT17.<SET>.fr-en.*.xml) forming valid "
+                             f"(default {' '.join(IWSLT17_VALID)})")
     parser.add_argument("--test-sets", nargs="+", default=list(IWSLT17_TESTS),
                         help=f"sets forming test, concatenated in this order (default {' '.join(IWSLT17_TESTS)})")
 
