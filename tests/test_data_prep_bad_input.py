@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.data_prep_fixtures import (SCRIPTS, TEST_DE, custom_args, leftovers, read, run_script, write,
+from tests.data_prep_fixtures import (REPO, SCRIPTS, TEST_DE, custom_args, leftovers, read, run_script, write,
                                       write_custom)
 
 
@@ -169,3 +169,46 @@ def test_a_rebuild_refuses_to_delete_files_a_user_added(tmp_path):
         added.unlink()
     proc = run_script("prepare_custom.sh", *custom_args(root, out, "--force"))
     assert leftovers(tmp_path) == []
+
+
+POOL_SCRIPT = '''
+import os, sys, time
+from data_prep import text
+
+def slow_steps(steps, lang):
+    def apply(line):
+        with open(os.path.join(sys.argv[1], str(os.getpid())), "w"):
+            pass
+        time.sleep(120)
+        return line
+    return apply
+
+text.MIN_LINES_FOR_POOL = 1
+text._make_line_function = slow_steps  # the pool is forked: its workers see this
+# Chunks of 2000 lines go to the workers: 4000 lines keep both busy.
+text.model_text(["a"] * 4000, "en", ["lowercase"], workers=2, desc="pool")
+'''
+
+
+def test_sigkill_ends_the_tokenising_pool_too(tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    parent = subprocess.Popen([sys.executable, "-c", POOL_SCRIPT, str(marks)], cwd=REPO,
+                              stderr=subprocess.DEVNULL)
+    workers = []
+    try:
+        deadline = time.time() + 60
+        while len(list(marks.iterdir())) < 2:
+            assert parent.poll() is None and time.time() < deadline, "the pool never started"
+            time.sleep(0.1)
+        workers = [int(path.name) for path in marks.iterdir()]
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.time() + 10
+        while any(pid_running(pid) for pid in workers) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not any(pid_running(pid) for pid in workers), "pool workers outlived the run"
+    finally:
+        for pid in workers:
+            if pid_running(pid):
+                os.kill(pid, signal.SIGKILL)
