@@ -130,8 +130,11 @@ def test_sigkill_leaves_no_running_children_and_the_next_run_removes_its_partial
         while any(pid_running(pid) for pid in pids) and time.time() < deadline:
             time.sleep(0.1)
         assert not any(pid_running(pid) for pid in pids), "fairseq-preprocess (or its workers) outlived the run"
-    finally:
-        for pid in pids:  # never leave the fake's sleepers behind, whatever the outcome
+    finally:  # whatever the outcome, leave none of the fake's sleepers behind
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        for pid in pids:
             if pid_running(pid):
                 os.kill(pid, signal.SIGKILL)
     assert (tmp_path / f".out.partial-{parent.pid}").is_dir()
@@ -208,7 +211,10 @@ def test_sigkill_ends_the_tokenising_pool_too(tmp_path):
         while any(pid_running(pid) for pid in workers) and time.time() < deadline:
             time.sleep(0.1)
         assert not any(pid_running(pid) for pid in workers), "pool workers outlived the run"
-    finally:
+    finally:  # whatever the outcome, leave no sleeper behind
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
         for pid in workers:
             if pid_running(pid):
                 os.kill(pid, signal.SIGKILL)
