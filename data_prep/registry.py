@@ -9,7 +9,8 @@ Where the digests come from (none is computed here):
     dataset_infos.json and TensorFlow Datasets' url_checksums/wmt17_translate.txt (same values).
   * WMT17 dev.tgz and WMT14 test-full.tgz: md5 in sacreBLEU's dataset registry (wmt17/dev, wmt14/full);
     no sha256 is published for them.
-  * IWSLT17 fr-en.tgz (WIT3's file): sha256 in Hugging Face datasets' iwslt2017 dataset_infos.json.
+  * IWSLT17 fr-en.tgz (WIT3's name): sha256 that Hugging Face datasets' iwslt2017 dataset_infos.json
+    pins for the fr-en.tgz its repository served (revision ebd7c60d) before it switched to a zip.
 Unpinned: IWSLT14 de-en.tgz (fairseq's mirror) and the Hugging Face mirror's IWSLT17 fr-en.zip:
 no published checksum exists for them."""
 from data_prep.archives import Archive

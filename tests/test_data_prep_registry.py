@@ -97,3 +97,25 @@ def test_line_breaking_characters_in_an_archive_become_spaces(tmp_path, caplog):
         lines = read_archive_members(path, ["a.txt"])["a.txt"]
     assert lines == ["fine", "one two", "three four", " "]
     assert f"{path}:a.txt: line-breaking characters replaced by spaces on 3 lines (first: line 2)" in caplog.text
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[recipe.NAME for recipe in RECIPES])
+def test_command_line_defaults_are_the_settings_defaults_or_the_recipes(recipe):
+    import dataclasses
+
+    from data_prep.cli import build_parser
+    from data_prep.settings import Settings
+    required = ["--src-lang", "en", "--tgt-lang", "de", "--out-dir", "o", "--train-prefix", "t",
+                "--valid-prefix", "v", "--test-prefix", "t"] if recipe.NAME == "custom" else []
+    args = build_parser().parse_args([recipe.NAME, *required])
+    assert args.handler is recipe.run
+    for item in dataclasses.fields(Settings):
+        if item.name == "extra" or (recipe.NAME == "custom" and item.name in ("src", "tgt")):
+            continue  # custom's languages are required flags, given above
+        plain = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+        assert getattr(args, item.name) == recipe.DEFAULTS.get(item.name, plain), item.name
+    if recipe.ARCHIVES:
+        assert (args.min_tokens, args.max_tokens, args.max_ratio) == tuple(recipe.CLEANING.values())
+        assert args.verify is True and args.offline is False
+        for archive in recipe.ARCHIVES:
+            assert getattr(args, f"{archive.key.replace('-', '_')}_url") == archive.url
