@@ -131,7 +131,7 @@ def main(argv=None):
         results, detokenised = score(args.generate_output, args.data_dir, args.subset, args.tgt_lang,
                                      args.compound_split)
     except (ScoringError, OSError, ValueError) as error:
-        print(f"error: score_translations.py: {error}", file=sys.stderr)
+        print(f"error: score_translations: {error}", file=sys.stderr)
         return 2
     for pair in args.extra:
         key, _, value = pair.partition("=")

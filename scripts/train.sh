@@ -101,6 +101,11 @@ fi
 split=$(split_batch "$tokens_per_update" "$max_tokens" "$MIN_MAX_TOKENS" "$workers") \
   || die "$RECIPE: $tokens_per_update tokens per update do not split exactly over $workers workers into per-GPU batches of $MIN_MAX_TOKENS..$max_tokens tokens; worker counts that do: $(splittable_worker_counts "$tokens_per_update" "$max_tokens" "$MIN_MAX_TOKENS")"
 read -r gpu_max_tokens update_freq <<< "$split"
+for word in "${extra[@]}"; do
+  if [[ "$word" == --max-tokens || "$word" == --update-freq || "$word" == --max-tokens=* || "$word" == --update-freq=* ]]; then
+    note "note: '$word' after -- overrides the batch split: tokens per update are no longer $tokens_per_update (use --tokens-per-update / --max-tokens instead)"
+  fi
+done
 [[ -z "${WORLD_SIZE:-}" ]] || note "torchrun worker: rank ${RANK:-0} of $WORLD_SIZE (local rank ${LOCAL_RANK:-?}, master ${MASTER_ADDR:-?}:${MASTER_PORT:-?})"
 
 data_dir=${data_dir:-$DATA_DIR}

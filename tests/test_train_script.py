@@ -119,6 +119,8 @@ def test_train_hardware_arguments_for_gpus_torchrun_and_cpu(tmp_path):
     assert {"--cpu", "--fp16", "--fp16-no-flatten-grads"} <= set(cpu_half) and "half precision" in printed
     extra, _ = dry_run(tmp_path, "--", "--max-update", "7", NUM_GPUS="0")
     assert flag_values(extra, "--max-update")[-1] == "7"  # extra arguments come last and win
+    _, printed = dry_run(tmp_path, "--", "--update-freq", "2", NUM_GPUS="0")
+    assert "'--update-freq' after -- overrides the batch split: tokens per update are no longer 16384" in printed
     # a dry run for more GPUs than this machine has previews the command and says so
     preview, printed = dry_run(tmp_path, NUM_GPUS="8", VISIBLE_GPUS="0")
     assert flag_values(preview, "--distributed-world-size") == ["8"] and "a real run would refuse" in printed
