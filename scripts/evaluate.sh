@@ -50,7 +50,7 @@ run_dir=$(cd "$run_dir" && pwd)
 
 # run.json is read once; a damaged one is a one-line error naming it (from scripts.run_json).
 run_fields=$("$PYTHON" -m scripts.run_json read "$run_dir/run.json" recipe data_dir loss seed) || exit 2
-{ read -r run_recipe; read -r data_dir; read -r run_loss; read -r run_seed; } <<< "$run_fields"
+{ IFS= read -r run_recipe; IFS= read -r data_dir; IFS= read -r run_loss; IFS= read -r run_seed; } <<< "$run_fields"
 load_recipe "$run_recipe"
 subset=${subset:-$EVAL_SUBSET}
 [[ "$subset" == test || "$subset" == valid ]] || die "--subset must be test or valid, got '$subset'"
@@ -59,6 +59,8 @@ if [[ -n "$checkpoint" ]]; then
   [[ -f "$checkpoint" ]] || die "--checkpoint $checkpoint: no such file"
   checkpoint_label="$checkpoint"
 fi
+
+visible=$(visible_gpus)
 
 eval_dir="$run_dir/eval"
 mkdir -p "$eval_dir"
@@ -85,7 +87,7 @@ fi
 # --required-batch-size-multiple 1: with fairseq's default 8, batch_by_size silently drops the
 # remainder (500 test sentences -> 496 translated), and BLEU would be on part of the test set.
 hardware_args=(--cpu)
-[[ $(visible_gpus) -gt 0 ]] && hardware_args=(--fp16)
+(( visible > 0 )) && hardware_args=(--fp16)
 echo "[evaluate] fairseq-generate on $subset: beam $EVAL_BEAM, lenpen $EVAL_LENPEN, $checkpoint_label" >&2
 "$PYTHON" -m fairseq_cli.generate "$data_dir/bin" --user-dir "$USER_DIR" \
   --source-lang "$SRC_LANG" --target-lang "$TGT_LANG" --gen-subset "$subset" \
