@@ -155,12 +155,14 @@ def recipe_yaml(recipe, config_dir):
     ]
     for gpus in (2, 4, 8):
         try:
-            multi = explicit_config(train_command(recipe, config_dir, gpus=gpus))
+            multi = train_command(recipe, config_dir, gpus=gpus)
         except RecipeError as error:
             header.append(f"#   {gpus} GPUs: refused ({error.args[0].removeprefix('error: ')})")
             continue
-        selected = {group: {k: v for k, v in multi[group].items() if k in ("max_tokens", "update_freq", "distributed_world_size")}
-                    for group in ("dataset", "optimization", "distributed_training") if group in multi}
+        # the three flags train.sh derives from the GPU count, where explicit_config places them
+        selected = {"dataset": {"max_tokens": int(flag_value(multi, "--max-tokens"))},
+                    "optimization": {"update_freq": [int(flag_value(multi, "--update-freq"))]},
+                    "distributed_training": {"distributed_world_size": int(flag_value(multi, "--distributed-world-size"))}}
         header.append(f"#   {gpus} GPUs (same tokens per update): {override_string(selected, config)}")
     body = {"hydra": {"run": {"dir": run_dir}}}
     body.update(config)

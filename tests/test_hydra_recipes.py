@@ -46,7 +46,7 @@ def test_a_changed_bash_recipe_makes_the_check_fail(tmp_path):
     assert generator("--check", "--config-dir", configs, "demo").returncode == 0
 
 
-def test_demo_yaml_says_how_to_run_it_on_more_gpus_with_the_same_batch():
+def test_yaml_headers_give_the_overrides_for_more_gpus_with_the_same_batch():
     header = (REPO / "configs" / "wmt14_en_de.yaml").read_text()
     # 32768 tokens per update = 4096 x update-freq x GPUs
     assert "#   8 GPUs (same tokens per update): optimization.update_freq=[1] distributed_training.distributed_world_size=8" in header
