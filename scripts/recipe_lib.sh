@@ -31,7 +31,7 @@ load_recipe() {
 # replaces the probe (tests, and previewing a GPU machine's command with --dry-run on another machine).
 visible_gpus() {
   if [[ -n "${VISIBLE_GPUS:-}" ]]; then
-    [[ "$VISIBLE_GPUS" =~ ^[0-9]+$ ]] || die "VISIBLE_GPUS must be a non-negative integer, got '$VISIBLE_GPUS'"
+    [[ "$VISIBLE_GPUS" =~ ^(0|[1-9][0-9]*)$ ]] || die "VISIBLE_GPUS must be a non-negative integer, got '$VISIBLE_GPUS'"
     echo "$VISIBLE_GPUS"
     return
   fi

@@ -64,12 +64,12 @@ load_recipe "$recipe"
 
 # Everything is validated before anything is created: a refused run leaves no trace.
 note() { echo "[train] $*" >&2; }
-[[ -z "${NUM_GPUS:-}" || "$NUM_GPUS" =~ ^[0-9]+$ ]] || die "NUM_GPUS must be a non-negative integer, got '$NUM_GPUS'"
+[[ -z "${NUM_GPUS:-}" || "$NUM_GPUS" =~ ^(0|[1-9][0-9]*)$ ]] || die "NUM_GPUS must be a non-negative integer, got '$NUM_GPUS'"
 fp16=${FP16:-auto}
 [[ "$fp16" =~ ^(auto|0|1)$ ]] || die "FP16 must be auto, 0 or 1, got '$fp16'"
 if [[ -n "${WORLD_SIZE:-}" ]]; then
   [[ "$WORLD_SIZE" =~ ^[1-9][0-9]*$ ]] || die "WORLD_SIZE (set by torchrun) must be a positive integer, got '$WORLD_SIZE'"
-  [[ "${RANK:-0}" =~ ^[0-9]+$ ]] && (( ${RANK:-0} < WORLD_SIZE )) || die "RANK (set by torchrun) must be 0..$(( WORLD_SIZE - 1 )), got '${RANK:-}'"
+  [[ "${RANK:-0}" =~ ^(0|[1-9][0-9]*)$ ]] && (( ${RANK:-0} < WORLD_SIZE )) || die "RANK (set by torchrun) must be 0..$(( WORLD_SIZE - 1 )), got '${RANK:-}'"
 fi
 tokens_per_update=${tokens_per_update:-$TOKENS_PER_UPDATE}
 max_tokens=${max_tokens:-$MAX_TOKENS}

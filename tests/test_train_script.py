@@ -149,6 +149,7 @@ def test_train_without_prepared_data_says_how_to_make_it(tmp_path):
 @pytest.mark.parametrize("env, message", [
     (dict(NUM_GPUS="abc"), "error: NUM_GPUS must be a non-negative integer, got 'abc'"),
     (dict(FP16="2"), "error: FP16 must be auto, 0 or 1, got '2'"),
+    (dict(NUM_GPUS="08"), "error: NUM_GPUS must be a non-negative integer, got '08'"),  # not bash's octal error
     (dict(WORLD_SIZE="two"), "error: WORLD_SIZE (set by torchrun) must be a positive integer, got 'two'"),
     (dict(VISIBLE_GPUS="x"), "error: VISIBLE_GPUS must be a non-negative integer, got 'x'"),
     (dict(NUM_GPUS="2", VISIBLE_GPUS="0"),
