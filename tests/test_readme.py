@@ -156,9 +156,8 @@ def test_documented_block_runs(document, line, language, mode, env, code, worksp
             check_flags(words, cwd, full_env)
 
 
-def test_every_document_has_blocks_and_few_cannot_run():
-    """The extraction sees the blocks (a broken fence would silently hide them), and blocks that only
-    get checked stay the exception."""
-    assert len([b for b in ALL_BLOCKS if b[0].name == "README.md"]) >= 5
-    checked_only = [b for b in ALL_BLOCKS if b[3] == "check"]
-    assert len(checked_only) <= len(ALL_BLOCKS) // 3, [f"{b[0].name}:{b[1]}" for b in checked_only]
+def test_the_readme_path_runs_for_real():
+    """The extraction sees the blocks (a broken fence would silently hide them), and the newcomer's
+    path (install, demo, the loss in PyTorch, fairseq, own corpus, translating) runs, not just parses."""
+    readme = [block for block in ALL_BLOCKS if block[0].name == "README.md"]
+    assert len([block for block in readme if block[3] == "run"]) >= 5
