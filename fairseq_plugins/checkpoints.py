@@ -17,6 +17,7 @@ import shutil
 import struct
 import zipfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -45,9 +46,17 @@ def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
     with every failure reported as a ``CheckpointLoadError``."""
     try:
         local_path = PathManager.get_local_path(path)
-        verify_archive(local_path, path)
-        refuse_code_in_config(_load_lazily(local_path), path)
-        return _fairseq_load_checkpoint_to_cpu(path, arg_overrides, load_on_all_ranks)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # zlib.crc32 releases the GIL: the CRCs are checked while torch reads the same pages
+            crc_check = pool.submit(verify_archive, local_path, path)
+            try:
+                refuse_code_in_config(_load_lazily(local_path), path)
+                state = _fairseq_load_checkpoint_to_cpu(path, arg_overrides, load_on_all_ranks)
+            except Exception:
+                crc_check.result()  # flipped bytes explain a failure better than what they broke
+                raise
+            crc_check.result()
+            return state
     except pickle.UnpicklingError as error:
         raise CheckpointLoadError(
             f"refusing to load checkpoint {path}: its pickle asks for something fairseq checkpoints "
