@@ -51,6 +51,7 @@ MODULES_THAT_EVAL = (
     "fairseq.models.transformer_lm", "fairseq.models.wav2vec.wav2vec", "fairseq.models.wav2vec.wav2vec2",
     "fairseq.models.hubert.hubert", "fairseq.models.speech_to_text.s2t_wav_transformer",
     "fairseq.data.audio.raw_audio_dataset",
+    "fairseq_cli.eval_lm", "fairseq_cli.validate",  # --model-overrides
 )
 
 MAX_SOURCE_CHARS = 100_000
@@ -160,10 +161,12 @@ def refuse_code_in_config(state, path):
             try:
                 literal_value(value)
             except NotALiteral as error:
-                raise CheckpointLoadError(f"refusing to load checkpoint {path}: its config sets {field} = {error}") from None
+                raise CheckpointLoadError(
+                    f"refusing to load checkpoint {path}: its config sets {field} = {error}") from None
         if isinstance(value, str) and _RESOLVER_CALL.search(value):
-            raise CheckpointLoadError(f"refusing to load checkpoint {path}: its config sets {field} = {_shorten(value)}, "
-                              "an OmegaConf resolver call, which fairseq checkpoints never contain")
+            raise CheckpointLoadError(
+                f"refusing to load checkpoint {path}: its config sets {field} = {_shorten(value)}, "
+                "an OmegaConf resolver call, which fairseq checkpoints never contain")
 
 
 def _config_items(state):

@@ -99,14 +99,17 @@ def fields_fairseq_evaluates():
     """{config field: {module}} for every eval / eval_str_* call on an attribute or getattr(args, name)
     in the installed fairseq (its examples/ included), and the modules calling the builtin eval."""
     import fairseq
-    root = pathlib.Path(fairseq.__file__).parent
+    import fairseq_cli
     fields, modules = {}, set()
-    for path in root.rglob("*.py"):
+    sources = [(package, path) for package in (fairseq, fairseq_cli)
+               for path in pathlib.Path(package.__file__).parent.rglob("*.py")]
+    for package, path in sources:
         try:
             tree = ast.parse(path.read_text(encoding="utf-8"))
         except (SyntaxError, UnicodeDecodeError):
             continue
-        module = "fairseq." + ".".join(path.relative_to(root).with_suffix("").parts)
+        parts = path.relative_to(pathlib.Path(package.__file__).parent).with_suffix("").parts
+        module = ".".join((package.__name__, *parts))
         for node in ast.walk(tree):
             if not (isinstance(node, ast.Call) and node.args):
                 continue
@@ -116,7 +119,8 @@ def fields_fairseq_evaluates():
             argument = node.args[0]
             if isinstance(argument, ast.Attribute):
                 field = argument.attr
-            elif isinstance(argument, ast.Call) and getattr(argument.func, "id", None) == "getattr":
+            elif (isinstance(argument, ast.Call) and getattr(argument.func, "id", None) == "getattr"
+                  and isinstance(argument.args[1], ast.Constant)):
                 field = argument.args[1].value
             else:
                 continue
@@ -176,8 +180,9 @@ def flip_byte_in_tensor(source, destination):
     data = bytearray(source.read_bytes())
     with zipfile.ZipFile(source) as archive:
         record = max((r for r in archive.infolist() if "/data/" in r.filename), key=lambda r: r.file_size)
-        header = data[record.header_offset:record.header_offset + 30]
-        start = record.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+        header = data[record.header_offset:record.header_offset + 30]  # the record's local header
+        name_length, extra_length = int.from_bytes(header[26:28], "little"), int.from_bytes(header[28:30], "little")
+        start = record.header_offset + 30 + name_length + extra_length
     data[start + record.file_size // 2] ^= 0xFF
     destination.write_bytes(bytes(data))
     return destination, record.filename

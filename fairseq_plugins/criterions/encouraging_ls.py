@@ -80,8 +80,9 @@ class EncouragingLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCri
         net_output = model(**sample["net_input"])
         # nothing reads the decoder's logits after the loss here (accuracy comes from the stats), so
         # the fused path may store the gradient in their memory
-        out = self.encouraging_loss(model, net_output, sample, reduce=reduce, overwrite_logits=not self.keep_logits,
-                                    with_stats=self.with_stats or self.report_accuracy)
+        out = self.compute_encouraging_loss(model, net_output, sample, reduce=reduce,
+                                            overwrite_logits=not self.keep_logits,
+                                            with_stats=self.with_stats or self.report_accuracy)
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
         logging_output = {
             "loss": out.loss.data,
@@ -106,7 +107,7 @@ class EncouragingLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCri
     def compute_loss(self, model, net_output, sample, reduce=True):
         """fairseq's hook: (loss, nll_loss) of this criterion, as ``forward`` computes them. The
         caller may still read ``net_output`` afterwards, so the logits are left as they are."""
-        out = self.encouraging_loss(model, net_output, sample, reduce=reduce)
+        out = self.compute_encouraging_loss(model, net_output, sample, reduce=reduce)
         return out.loss, out.nll_loss
 
     def compute_accuracy(self, model, net_output, sample):
@@ -139,7 +140,8 @@ class EncouragingLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCri
     def _are_raw_logits(model):
         return getattr(model.decoder, "adaptive_softmax", None) is None
 
-    def encouraging_loss(self, model, net_output, sample, reduce=True, overwrite_logits=False, with_stats=False):
+    def compute_encouraging_loss(self, model, net_output, sample, reduce=True, overwrite_logits=False,
+                                 with_stats=False):
         """The encouraging loss of ``net_output`` (an ``EncouragingLossOutput``: loss, nll_loss,
         ce_loss, bonus and, ``with_stats``, the diagnostics), at rho x the current bonus scale.
         ``overwrite_logits``: the fused path may keep the gradient in the logits' memory (raw
