@@ -68,7 +68,7 @@ def report_user_errors_in_one_line(exc_type, exc_value, exc_traceback):
     message = one_line_message(exc_value)
     if message is None:
         return _previous_excepthook(exc_type, exc_value, exc_traceback)
-    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] not in ("", "-c") else "python"
     print(f"{program}: error: {message}", file=sys.stderr, flush=True)
 
 
