@@ -5,9 +5,10 @@ their pickles name a few classes outside torch's allowlist. Instead of turning t
 we allowlist exactly those classes (found with ``torch.serialization.get_unsafe_globals_in_checkpoint``
 on checkpoints written by fairseq-train) and turn every load failure into one error naming the file.
 
-Before fairseq reads a checkpoint, two more checks: the CRC-32 of every record in the archive
-(torch does not verify them, so flipped bytes inside a tensor would load silently), and the config
-values that fairseq passes to ``eval()`` (``config_literals``).
+Two more checks on every load: the config values that fairseq passes to ``eval()``
+(``config_literals``), before fairseq reads the config; and the CRC-32 of every record in the
+archive (torch does not verify them, so flipped bytes inside a tensor would load silently),
+computed while torch reads the file and reported before the loaded state is returned.
 """
 import argparse
 import mmap
@@ -57,6 +58,8 @@ def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
                 raise
             crc_check.result()
             return state
+    except CheckpointLoadError:
+        raise
     except pickle.UnpicklingError as error:
         raise CheckpointLoadError(
             f"refusing to load checkpoint {path}: its pickle asks for something fairseq checkpoints "
