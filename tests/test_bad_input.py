@@ -1,6 +1,7 @@
 """Bad input a user can give the task and the criterion: one line on stderr that names the culprit,
 a non-zero exit, no traceback."""
 import json
+import os
 import subprocess
 import sys
 
@@ -121,7 +122,7 @@ def bad_value_runs(toy_data_bin, tmp_path_factory):
     argvs = [common + (extra if "--criterion" in extra else ["--criterion", "encouraging_ls", *extra])
              for extra in cases]
     proc = subprocess.run([sys.executable, "-c", FORKING_DRIVER, json.dumps(argvs), str(root)], cwd=root,
-                          capture_output=True, text=True, env={"PYTHONPATH": str(REPO), "PATH": ""})
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = json.loads(proc.stdout.strip().splitlines()[-1])
     return {json.dumps(extra): run for extra, run in zip(cases, runs)}

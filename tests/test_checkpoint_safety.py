@@ -159,6 +159,19 @@ def test_config_value_fairseq_would_eval_is_refused(genuine, tmp_path, field, se
     assert not marker.exists()
 
 
+def test_what_genuine_configs_hold_is_accepted(tmp_path):
+    """fairseq 0.10 checkpoints keep the args as strings (left_pad_source 'True', betas '(0.9, 0.98)');
+    fconv and wav2vec keep layer specs as list arithmetic."""
+    from fairseq_plugins.config_literals import refuse_code_in_config
+    args = argparse.Namespace(arch="fconv_iwslt_de_en", encoder_layers="[(256, 3)] * 4", left_pad_source="True",
+                              decoder_attention="True", adam_betas="(0.9, 0.98)", adaptive_softmax_cutoff=None,
+                              data="/data/iwslt14.de-en", save_dir="checkpoints/run (copy)")
+    cfg = {"model": {"conv_feature_layers": "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] + [(512,2,2)]",
+                     "encoder": {"xformers_att_config": '{"name": "scaled_dot_product"}'}},
+           "common": {"user_dir": "${common.seed}"}}
+    refuse_code_in_config({"args": args, "cfg": cfg}, tmp_path / "checkpoint.pt")  # raises nothing
+
+
 def test_bytes_legacy_args_and_resolvers_are_refused(genuine, tmp_path):
     marker = tmp_path / "ran"
     as_bytes = with_config_value(genuine, tmp_path / "bytes.pt", payload(marker).encode())  # eval() runs bytes too
@@ -230,15 +243,19 @@ def hostile(genuine, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tool", ["fairseq-generate", "fairseq-interactive", "fairseq-validate", "fairseq-train"])
+@pytest.mark.parametrize("tool", ["fairseq-generate", "fairseq-interactive", "fairseq-validate", "fairseq-train",
+                                  "fairseq-train-resume"])
 def test_fairseq_tools_refuse_it_in_one_line(hostile, toy_data_bin, tmp_path, tool):
     path, marker = hostile
+    if tool == "fairseq-train-resume":  # the run's own checkpoint_last.pt, as after an interruption
+        (tmp_path / "checkpoint_last.pt").write_bytes(path.read_bytes())
+        path, tool = tmp_path / "checkpoint_last.pt", "fairseq-train"
+    train = ["--task", "translation_encouraging", *TINY_TRANSFORMER, "--criterion", "encouraging_ls", "--optimizer",
+             "adam", "--lr", "1e-3", "--max-tokens", "500", "--max-update", "2", "--save-dir", tmp_path]
     args = {"fairseq-generate": ["--path", path, "--gen-subset", "test", "--beam", "1", "--batch-size", "8"],
             "fairseq-interactive": ["--path", path, "--input", os.devnull],
             "fairseq-validate": ["--path", path, "--task", "translation_encouraging", "--batch-size", "8"],
-            "fairseq-train": ["--restore-file", path, "--task", "translation_encouraging", *TINY_TRANSFORMER,
-                              "--criterion", "encouraging_ls", "--optimizer", "adam", "--lr", "1e-3",
-                              "--max-tokens", "500", "--max-update", "2", "--save-dir", tmp_path]}[tool]
+            "fairseq-train": ["--restore-file", path, *train]}[tool]
     proc = run_tool(tool, toy_data_bin, "--user-dir", USER_DIR, "--cpu", *args, check=False)
     assert_refused_in_one_line(proc, marker, str(path), "cfg.model.adaptive_softmax_cutoff")
 
