@@ -162,7 +162,8 @@ def test_task_drives_bonus_weight_and_diagnostics_interval_per_update():
         assert ("el_target_prob" in log) == (n % interval == 0), f"diagnostics at update {n}"
         # the loss really uses the scheduled weight: an independent call at rho * s(n)
         plain = encouraging_loss(logits, sample["target"], EncouragingLossOptions(
-            label_smoothing=0.1, bonus_rho=rho * schedule(n)), ignore_index=task.target_dictionary.pad())
+            label_smoothing=0.1, bonus_rho=rho * schedule(n)), ignore_index=task.target_dictionary.pad(),
+            reduction="sum")
         assert loss.item() == pytest.approx(plain.loss.item(), rel=1e-5)
     _, _, log = task.valid_step(sample, model, criterion)
     assert "el_target_prob" in log, "validation always computes the diagnostics"
