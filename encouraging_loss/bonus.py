@@ -14,17 +14,12 @@ import torch
 from .options import EncouragingLossOptions
 
 
-def bonus_offset(options: EncouragingLossOptions) -> float:
-    """b(bonus_start) before shifting, the amount every path subtracts above bonus_start (0 without a start)."""
-    if options.bonus_start == 0.0:
-        return 0.0
-    return _offset(options.bonus, options.clamped_log_end, options.bonus_gamma, options.bonus_start)
-
-
-@torch.compiler.assume_constant_result  # a constant of the options: no graph break under torch.compile
-def _offset(kind: str, log_end: float, gamma: float, start: float) -> float:
-    start_tensor = torch.tensor(start, dtype=torch.float64)
-    return float(_raw_bonus(start_tensor, 1.0 - start_tensor, kind, log_end, gamma))
+def bonus_offset(options: EncouragingLossOptions) -> torch.Tensor:
+    """b(bonus_start) before shifting, the amount every path subtracts above bonus_start, as a
+    0-dim float64 CPU tensor: it mixes with tensors on any device, and torch.compile traces it
+    without a .item() (a graph break)."""
+    start = torch.tensor(options.bonus_start, dtype=torch.float64)
+    return _raw_bonus(start, 1.0 - start, options.bonus, options.clamped_log_end, options.bonus_gamma)
 
 
 def bonus_value(p: torch.Tensor, one_minus_p: torch.Tensor, options: EncouragingLossOptions,

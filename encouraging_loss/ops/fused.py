@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from ..options import EncouragingLossOptions, OptionError
 from ..reference import reference_row_terms
 from ..stats import STAT_NAMES, RowTerms
-from . import triton_kernel
 from .chunked import DEFAULT_CHUNK_ELEMENTS, chunked_sweep
 from .rows import RowSums, row_terms_from_sums
 
@@ -79,7 +78,7 @@ class _FusedEncouragingLoss(torch.autograd.Function):
         index = target.masked_fill(~valid, 0).unsqueeze(-1)
         sums = RowSums.zeros(rows, math_dtype, device)
         if backend == "triton":
-            triton_kernel.triton_sweep(contiguous, index, options, sums, grad, grad_weight, grad_row_scale)
+            _triton_kernel().triton_sweep(contiguous, index, options, sums, grad, grad_weight, grad_row_scale)
         else:
             chunked_sweep(contiguous, index, options, sums, grad, grad_weight, grad_row_scale, chunk_elements)
         terms = row_terms_from_sums(sums, valid, options, vocab, with_stats)
@@ -149,7 +148,14 @@ def choose_backend(logits: torch.Tensor, options: EncouragingLossOptions) -> str
 
 def triton_candidate(logits: torch.Tensor) -> bool:
     """Whether the Triton kernel could run on these logits (a seam: tests replace it on CPU)."""
-    return logits.is_cuda and triton_kernel.triton_available()
+    return logits.is_cuda and _triton_kernel().triton_available()
+
+
+def _triton_kernel():
+    """The Triton back end, imported on first use: importing Triton costs CPU-only runs about a
+    second and a few MB of memory for nothing. (triton_kernel imports nothing from here.)"""
+    from . import triton_kernel
+    return triton_kernel
 
 
 _VERIFIED: Dict[tuple, bool] = {}
@@ -179,7 +185,7 @@ def _triton_mismatch(options, device, dtype) -> Optional[str]:
     """None when the kernel agrees with the float64 reference on a small input (two tiles a row,
     a confident row, an ignored row, masked classes), else what differs."""
     generator = torch.Generator().manual_seed(0)
-    rows, vocab = 8, 2 * triton_kernel.MAX_BLOCK + 3
+    rows, vocab = 8, 2 * _triton_kernel().MAX_BLOCK + 3
     logits = torch.randn(rows, vocab, generator=generator, dtype=torch.float64) * 4
     target = torch.randint(0, vocab, (rows,), generator=generator)
     logits[0, target[0]] += 30.0
