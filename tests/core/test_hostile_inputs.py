@@ -155,11 +155,18 @@ def test_float64_logits_never_try_the_kernel(fake_gpu):
     assert launches == [] and fused._VERIFIED == {}
 
 
-def test_self_check_passes_a_correct_kernel(fake_gpu, caplog):
-    """The check itself does not reject a kernel that agrees (here the chunked sweep stands in)."""
+@pytest.mark.parametrize("options", [dict(label_smoothing=0.1), dict(log_end=1.0),
+                                     dict(label_smoothing=0.1, log_end=1.0, el_label_smoothing=0.9),
+                                     dict(label_smoothing=0.2, log_end=0.05),
+                                     dict(label_smoothing=0.1, bonus="power", bonus_gamma=0.1, bonus_start=0.3),
+                                     dict(label_smoothing=0.1, bonus="cosine")])
+def test_self_check_passes_a_correct_kernel(fake_gpu, caplog, options):
+    """No false alarm (which would cost a GPU run the kernel's speed): a sweep that computes in
+    float32 as the kernel does (the chunked one stands in) passes, the ill-conditioned plain bonus
+    (log_end=1) and fp16 included."""
     launches = fake_gpu(chunked.chunked_sweep)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         logits, target = batch(classes=300, dtype=dtype)
-        encouraging_loss(logits, target, ignore_index=PAD, label_smoothing=0.1)
+        encouraging_loss(logits, target, ignore_index=PAD, **options)
     assert len(launches) == 3 + 3 and caplog.records == []  # per dtype: the check, then the call
     assert all(fused._VERIFIED.values()) and len(fused._VERIFIED) == 3
