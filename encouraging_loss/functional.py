@@ -48,7 +48,9 @@ def encouraging_loss(logits: torch.Tensor, target: torch.Tensor,
     layout whenever T happened to equal V.
     Options come as an ``EncouragingLossOptions`` or as its fields by keyword
     (``label_smoothing=0.1, log_end=0.5, ...``); a bad value raises ``OptionError`` naming it.
-    Targets must be in [0, C) or equal ``ignore_index`` (ValueError otherwise); ignored tokens
+    Targets must be in [0, C) or equal ``ignore_index`` (ValueError otherwise; under
+    ``torch.compile`` an assertion without a sync, which compiled CPU code turns into a process
+    abort with the same message, as torch's own cross-entropy does there); ignored tokens
     contribute nothing. ``reduction``: 'mean' over scored tokens (torch's default; 0 when there are
     none), 'sum' (fairseq's convention), or 'none' (per token, shaped like ``target``).
     ``impl``: 'fused' streams over the logits and keeps only the gradient for backward (Triton on
@@ -74,7 +76,7 @@ def encouraging_loss(logits: torch.Tensor, target: torch.Tensor,
     vocab = logits.size(-1)
     flat_logits = logits.reshape(-1, vocab)
     flat_target = target.reshape(-1)
-    check_targets(flat_target, vocab, ignore_index)
+    flat_target = check_targets(flat_target, vocab, ignore_index)
     valid = flat_target.ne(ignore_index)
     math_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     row_weight = None
@@ -115,13 +117,17 @@ def _classes_last(logits: torch.Tensor, target: torch.Tensor, class_dim: int) ->
     return logits
 
 
-def check_targets(target: torch.Tensor, vocab: int, ignore_index: int) -> None:
-    """Every path's target check: each value is a class index in [0, vocab) or ``ignore_index``."""
+def check_targets(target: torch.Tensor, vocab: int, ignore_index: int) -> torch.Tensor:
+    """Every path's target check: each value is a class index in [0, vocab) or ``ignore_index``.
+    Returns the target to use: under torch.compile the bad values are also made ignored, so that
+    no kernel indexes out of bounds (which aborts the process) before the assertion raises."""
     if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
         raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
     bad = (target.lt(0) | target.ge(vocab)) & target.ne(ignore_index)
     message = f"target values must be class indices in [0, {vocab}) or ignore_index ({ignore_index})"
     if torch.compiler.is_compiling():
         torch._assert_async(~bad.any(), message)  # no sync, no graph break; the value cannot be named
-    elif bool(bad.any()):
+        return target.masked_fill(bad, ignore_index)
+    if bool(bad.any()):
         raise ValueError(f"{message}, got {target[bad][0].item()}")
+    return target

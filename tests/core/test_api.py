@@ -117,3 +117,13 @@ def test_compiles_without_graph_breaks(module):
     assert explanation.graph_break_count == 0, explanation.break_reasons
     compiled = torch.compile(step, backend="eager", fullgraph=True)
     torch.testing.assert_close(compiled(logits, target), step(logits, target))
+
+
+def test_compiled_target_check_asserts_without_a_sync():
+    """Under torch.compile the target check is an assertion in the graph (no .item(), no break):
+    the eager backend runs it as an op that raises."""
+    logits, target = batch((6,), 5)
+    target[2] = 5
+    compiled = torch.compile(lambda x, y: encouraging_loss(x, y).loss, backend="eager", fullgraph=True)
+    with pytest.raises(RuntimeError, match=r"class indices in \[0, 5\) or ignore_index \(-100\)"):
+        compiled(logits, target)
