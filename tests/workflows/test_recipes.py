@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from helpers import repo_env
 import sacrebleu
 import torch
 
-from tests.conftest import REPO
+from helpers import REPO
 
 SCRIPTS = REPO / "scripts"
 # Small enough that the reduced demo runs in about a minute on 2 cores, big enough to learn some words.
@@ -86,7 +88,7 @@ def test_averaged_checkpoint_is_the_mean_of_the_last_epochs(demo, tmp_path):
     output = tmp_path / "avg.pt"
     subprocess.run([sys.executable, str(SCRIPTS / "average_checkpoints.py"), "--inputs", str(checkpoints),
                     "--num-epoch-checkpoints", "2", "--output", str(output)], check=True, cwd=REPO,
-                   env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True)
+                   env=repo_env(), capture_output=True)
     states = [torch.load(checkpoints / f"checkpoint{e}.pt", map_location="cpu", weights_only=False)["model"]
               for e in epochs]
     averaged = torch.load(output, map_location="cpu", weights_only=False)["model"]
@@ -105,7 +107,7 @@ def test_averaged_checkpoint_is_the_mean_of_the_last_epochs(demo, tmp_path):
 def test_average_checkpoints_errors_name_the_culprit(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPTS / "average_checkpoints.py"), "--inputs", str(tmp_path),
                            "--num-epoch-checkpoints", "3", "--output", str(tmp_path / "a.pt")],
-                          cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True)
+                          cwd=REPO, env=repo_env(), capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: average_checkpoints.py: no checkpoints")
     assert str(tmp_path) in proc.stderr

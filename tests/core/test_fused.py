@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.common import repo_env
+from helpers import repo_env
 from encouraging_loss import EncouragingLossOptions, encouraging_loss
 from encouraging_loss.ops import chunked
 
@@ -212,7 +212,7 @@ def test_triton_kernel_matches_reference_in_triton_interpreter():
     """The CUDA kernel's code, run by Triton's interpreter on CPU tensors (no GPU needed). The
     interpreter is chosen when the kernel is defined, hence the fresh process."""
     proc = subprocess.run([sys.executable, "-c", "import test_fused; test_fused.check_triton_kernel()"],
-                          env=repo_env([TESTS], TRITON_INTERPRET="1"), capture_output=True, text=True, timeout=600)
+                          env=repo_env([TESTS, TESTS.parent], TRITON_INTERPRET="1"), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert f"checked {TRITON_CHECKS} cases" in proc.stdout, proc.stdout[-2000:]
 

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from conftest import TINY_TRANSFORMER, USER_DIR, run_tool
+from helpers import TINY_TRANSFORMER, USER_DIR, run_tool
 
-fairseq = pytest.importorskip("fairseq")
+
 from fairseq import metrics, options, tasks, utils  # noqa: E402
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion  # noqa: E402
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf  # noqa: E402

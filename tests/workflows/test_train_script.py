@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from helpers import REPO
 
 SCRIPTS = REPO / "scripts"
 RECIPES = ("iwslt14_de_en", "iwslt17_fr_en", "wmt14_en_de", "demo")

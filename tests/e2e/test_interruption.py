@@ -7,8 +7,7 @@ import time
 import pytest
 import torch
 
-from conftest import BIN, REPO, TINY_TRANSFORMER, USER_DIR, run_tool
-from test_end_to_end import json_records
+from helpers import BIN, REPO, TINY_TRANSFORMER, USER_DIR, json_records, run_tool
 
 # the bonus is warmed in linearly over updates 3..27, so the kill lands inside the schedule
 TRAIN = [*TINY_TRANSFORMER, "--user-dir", USER_DIR, "--task", "translation_encouraging", "--bonus-schedule", "linear",

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
+from helpers import REPO, repo_env
 
 PROBE = """
 import sys
@@ -20,6 +20,6 @@ print("encouraging_ls" in CRITERION_REGISTRY, "translation_encouraging" in TASK_
 def test_import_registers_criterion_task_and_architecture(tmp_path):
     # from another directory: the package comes from PYTHONPATH (or the editable install), not the cwd
     proc = subprocess.run([sys.executable, "-c", PROBE], cwd=tmp_path, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+                          env=repo_env())
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["True", "True", "True", "fairseq_plugins.errors"]

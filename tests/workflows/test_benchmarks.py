@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from benchmarks.common import repo_env
+from helpers import repo_env
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.data_prep_fixtures import (REPO, SCRIPTS, TEST_DE, custom_args, leftovers, read, run_script, write,
+from data_prep_fixtures import (REPO, SCRIPTS, TEST_DE, custom_args, leftovers, read, run_script, write,
                                       write_custom)
 
 

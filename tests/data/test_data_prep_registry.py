@@ -10,7 +10,7 @@ from data_prep import registry
 from data_prep.archives import Archive, check_digest, read_archive_members
 from data_prep.recipes import RECIPES
 from data_prep.textfiles import DataPrepError
-from tests.data_prep_fixtures import leftovers, make_tgz, make_wmt14_archives, run_script
+from data_prep_fixtures import leftovers, make_tgz, make_wmt14_archives, run_script
 
 DIGEST_LENGTHS = {"sha256": 64, "md5": 32}
 

@@ -8,19 +8,13 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, TINY_TRANSFORMER, USER_DIR, run_tool
+from helpers import REPO, TINY_TRANSFORMER, USER_DIR, json_records, run_tool
 
 TRAIN_ARGS = [*TINY_TRANSFORMER, "--user-dir", USER_DIR, "--task", "translation", "--criterion", "encouraging_ls",
               "--label-smoothing", "0.1", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr", "3e-3",
               "--max-tokens", "1000", "--cpu", "--seed", "1", "--log-format", "json", "--log-interval", "5",
               "--no-progress-bar", "--no-epoch-checkpoints", "--report-accuracy"]
 
-
-def json_records(text, kind):
-    """fairseq's --log-format json records of one kind ('train_inner', 'valid', ...), as fairseq-train
-    ('| INFO | kind | {...}') and fairseq-hydra-train ('[kind][INFO] - {...}') print them."""
-    pattern = re.compile(r"(?:\| INFO \| %s \| |\[%s\]\[INFO\] - )(\{.*\})$" % (kind, kind))
-    return [json.loads(match.group(1)) for match in map(pattern.search, text.splitlines()) if match]
 
 
 @pytest.fixture(scope="module")

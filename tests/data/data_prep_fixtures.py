@@ -10,7 +10,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO  # noqa: E402
 SCRIPTS = REPO / "data_prep"
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, TINY_TRANSFORMER, USER_DIR, run_tool
+from helpers import REPO, TINY_TRANSFORMER, USER_DIR, repo_env, run_tool
 
 import encouraging_loss.options
 from fairseq_plugins.errors import FlagError, one_line_message
@@ -122,7 +122,7 @@ def bad_value_runs(toy_data_bin, tmp_path_factory):
     argvs = [common + (extra if "--criterion" in extra else ["--criterion", "encouraging_ls", *extra])
              for extra in cases]
     proc = subprocess.run([sys.executable, "-c", FORKING_DRIVER, json.dumps(argvs), str(root)], cwd=root,
-                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+                          capture_output=True, text=True, env=repo_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = json.loads(proc.stdout.strip().splitlines()[-1])
     return {json.dumps(extra): run for extra, run in zip(cases, runs)}

@@ -10,7 +10,7 @@ import sys
 import pytest
 import sacrebleu
 
-from tests.conftest import REPO
+from helpers import REPO
 
 
 def run_module(name, *args, cwd=REPO, stdin=None, check=True):

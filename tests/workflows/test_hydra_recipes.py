@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import BIN, REPO
+from helpers import BIN, REPO
 
 KEEP_OUT = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "FP16", "NUM_GPUS", "VISIBLE_GPUS", "DATA_DIR", "RUNS_DIR",
             "CONFIG_DIR", "LOG_INTERVAL")

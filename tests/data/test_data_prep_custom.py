@@ -8,7 +8,7 @@ import pytest
 from data_prep import build, cli, text
 from data_prep.text import ParallelText, clean_by_length, every_nth
 from data_prep.textfiles import DataPrepError
-from tests.data_prep_fixtures import (TEST_DE, TEST_EN, TRAIN_DE, assert_fairseq_bin,
+from data_prep_fixtures import (TEST_DE, TEST_EN, TRAIN_DE, assert_fairseq_bin,
                                       assert_sentencepiece_consistent, custom_args, leftovers, read, run_script,
                                       write, write_custom)
 

@@ -13,7 +13,7 @@ import zipfile
 import pytest
 import torch
 
-from conftest import BIN, REPO, TINY_TRANSFORMER, USER_DIR, run_tool
+from helpers import BIN, REPO, TINY_TRANSFORMER, USER_DIR, repo_env, run_tool
 
 import fairseq_plugins  # noqa: F401  (allowlist, loader, literal-only eval)
 from fairseq import checkpoint_utils
@@ -310,7 +310,7 @@ except CheckpointLoadError as error:
     print("refused", error)
 """
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+                          env=repo_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert "registered True True True" in lines
@@ -324,7 +324,7 @@ def test_average_checkpoints_refuses_it_in_one_line(hostile, tmp_path):
     path, marker = hostile
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "average_checkpoints.py"), "--inputs", str(path),
                            "--output", str(tmp_path / "avg.pt")], cwd=REPO, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+                          env=repo_env())
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(
         f"error: average_checkpoints.py: refusing to load checkpoint {path}: its config sets cfg.model.adaptive")

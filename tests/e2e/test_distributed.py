@@ -3,8 +3,7 @@ import socket
 
 import pytest
 
-from conftest import BIN, TINY_TRANSFORMER, USER_DIR, run_tool
-from test_end_to_end import json_records
+from helpers import BIN, TINY_TRANSFORMER, USER_DIR, json_records, run_tool
 
 COMMON = [*TINY_TRANSFORMER, "--user-dir", USER_DIR, "--task", "translation", "--criterion", "encouraging_ls",
           "--label-smoothing", "0.1", "--dropout", "0", "--optimizer", "adam", "--lr", "2e-3", "--max-tokens", "600",

@@ -12,7 +12,7 @@ from data_prep import registry
 from data_prep.archives import ensure_archive, read_archive_members, verify_archive
 from data_prep.recipes.iwslt import iwslt_train_lines, iwslt_xml_lines
 from data_prep.textfiles import DataPrepError
-from tests.data_prep_fixtures import (IWSLT14_SETS, IWSLT17_TEST_SETS, IWSLT17_VALID_SETS, assert_fairseq_bin,
+from data_prep_fixtures import (IWSLT14_SETS, IWSLT17_TEST_SETS, IWSLT17_VALID_SETS, assert_fairseq_bin,
                                       assert_sentencepiece_consistent, iwslt_meta_pairs, leftovers,
                                       make_iwslt14_archive, make_iwslt17_archive, make_tgz, make_wmt14_archives,
                                       moses_like, read, run_script, talk_pairs)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO  # noqa: E402
 
 # What `--user-dir fairseq_plugins` must register, by fairseq registry.
 REGISTERED = {
