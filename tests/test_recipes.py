@@ -151,17 +151,18 @@ def test_compare_mean_and_std_over_seeds(tmp_path):
             runs.append(str(run))
     proc = subprocess.run([sys.executable, str(SCRIPTS / "compare.py"), "--recipe", "x", "--runs", *runs,
                            "--out-dir", str(tmp_path / "out"), "--paper-baseline", "35.09 +- 0.07",
-                           "--paper-encouraging", "35.50 +- 0.11"], capture_output=True, text=True, cwd=REPO)
+                           "--paper-encouraging", "35.50 +- 0.11", "--no-significance"],
+                          capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((tmp_path / "out" / "comparison.json").read_text())["metrics"]
     assert metrics["tokenized_bleu"]["baseline"]["mean"] == pytest.approx(32.0)
     assert metrics["tokenized_bleu"]["baseline"]["std"] == pytest.approx(2.0)  # sample std of 30, 32, 34
     assert metrics["tokenized_bleu"]["encouraging"]["std"] == pytest.approx(0.5 / 2 ** 0.5)  # of 33, 33.5
-    assert metrics["tokenized_bleu"]["delta"] == pytest.approx(33.25 - 32.0)
+    assert metrics["tokenized_bleu"]["encouraging"]["delta"] == pytest.approx(33.25 - 32.0)
     assert "compound_split_bleu" not in metrics
     table = (tmp_path / "out" / "comparison.md").read_text()
-    assert "| tokenised BLEU (fairseq) | 32.00 +- 2.00 | 33.25 +- 0.35 | +1.25 | 35.09 +- 0.07 | 35.50 +- 0.11 |" in table
-    assert "| detokenised sacreBLEU | 31.00 +- 2.00 | 32.25 +- 0.35 | +1.25 |  |  |" in table
+    assert "| baseline | recipe default | 1,2,3 | 32.00 +- 2.00 | - | 31.00 +- 2.00 | - | 35.09 +- 0.07 |" in table
+    assert "| encouraging | recipe default | 1,2 | 33.25 +- 0.35 | +1.25 | 32.25 +- 0.35 | +1.25 | 35.50 +- 0.11 |" in table
 
 
 def test_unknown_recipe_is_one_line_naming_it_and_the_known_ones():
