@@ -16,7 +16,7 @@ run.json data_dir). Checkpoints load through fairseq's checkpoint_utils with fai
 imported, i.e. under torch's weights_only=True with the project's allowlist.
 
 Writes atomically to D: margins.json (per model: mean p, mean/median margin, share with p > 0.5,
-share with p > LE, share ranked first, mean rank, overall and by target-token frequency bucket),
+share with p > LE, share ranked first, mean rank, mean margin where another token ranks first, overall and by target-token frequency bucket),
 histograms.png and cdfs.png. Frequency buckets come from the target dictionary's training counts:
 "frequent" types cover the first 50% of the training target tokens, "medium" the next 40%, "rare"
 the last 10%.
@@ -141,7 +141,9 @@ def describe(probability, margin, rank, log_end):
             "mean_margin": float(margin.mean()), "median_margin": float(np.median(margin)),
             "share_p_gt_half": float((probability > 0.5).mean()),
             "share_p_gt_log_end": float((probability > log_end).mean()),
-            "share_rank1": float((rank == 1).mean()), "mean_rank": float(rank.mean())}
+            "share_rank1": float((rank == 1).mean()), "mean_rank": float(rank.mean()),
+            # how far behind the target is where the model ranks another token first (negative)
+            "mean_margin_misranked": float(margin[rank > 1].mean()) if (rank > 1).any() else None}
 
 
 def summarise(probability, margin, rank, target, buckets, log_end):

@@ -151,8 +151,9 @@ def run_one(arm, seed, args, progress):
          "fairseq_args": arm["fairseq_args"], "recipe": args.recipe}, indent=2) + "\n")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads_per_run), MKL_NUM_THREADS=str(args.threads_per_run))
     started = time.monotonic()
-    print(f"[sweep] start {label} ({'resuming' if state == 'todo' and os.path.isfile(os.path.join(run_dir, 'checkpoints', 'checkpoint_last.pt')) else state if state == 'trained' else 'training'})"
-          f" -> {run_dir}", file=sys.stderr, flush=True)
+    resuming = state == "todo" and os.path.isfile(os.path.join(run_dir, "checkpoints", "checkpoint_last.pt"))
+    doing = "evaluating" if state == "trained" else "resuming training" if resuming else "training"
+    print(f"[sweep] start {label} ({doing}) -> {run_dir}", file=sys.stderr, flush=True)
     if state == "todo":
         command = [args.train_script, args.recipe, *(["--baseline"] if arm["baseline"] else []), "--seed", str(seed),
                    "--run-dir", run_dir, *(["--data-dir", args.data_dir] if args.data_dir else []),
@@ -160,7 +161,15 @@ def run_one(arm, seed, args, progress):
         with open(os.path.join(run_dir, "sweep.log"), "a", encoding="utf-8") as log:
             log.write("# " + " ".join(command) + "\n")
             log.flush()
-            code = subprocess.call(["bash", *command], stdout=log, stderr=subprocess.STDOUT, env=env)
+            # everything goes to sweep.log (fairseq's own log is train.log); train.sh's own lines
+            # (hardware, warnings) also reach the terminal
+            with subprocess.Popen(["bash", *command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                  text=True, errors="replace") as process:
+                for line in process.stdout:
+                    log.write(line)
+                    if line.startswith("[train]"):
+                        print(f"[{label}] {line.rstrip()}", file=sys.stderr, flush=True)
+            code = process.returncode
         if code != 0 or run_state(run_dir, args.subset) != "trained":
             progress.finish(label, f"TRAINING FAILED (exit {code}; see {run_dir}/sweep.log and train.log)")
             return run_dir, "training failed"

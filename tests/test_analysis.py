@@ -71,6 +71,8 @@ def test_analysis_matches_a_direct_computation(two_checkpoints, toy_data_bin, tm
         assert entry["share_p_gt_log_end"] == pytest.approx((p > 0.75).mean())
         assert entry["share_rank1"] == pytest.approx((rank == 1).mean())
         assert entry["mean_rank"] == pytest.approx(rank.mean())
+        assert entry["mean_margin_misranked"] == pytest.approx(margin[rank > 1].mean(), abs=1e-4)
+        assert entry["mean_margin_misranked"] < 0
         # buckets: types sorted by training count; a type is "frequent" while the tokens before it
         # cover less than half of all training target tokens, "medium" below 90%, else "rare"
         counts = dictionary.count
