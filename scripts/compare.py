@@ -220,7 +220,9 @@ def build_table(recipe, runs, arms, paper, paper_metric, tests):
                 significance.append(f"| {test['arm_a']} | {test['arm_b']} | - | - | - | no common seed | - |")
                 continue
             per_seed = ", ".join(f"s{seed}: {r['delta']:+.2f} ({r['p_value']:.3f})" for seed, r in test["per_seed"].items())
-            verdict = "identical" if pooled["identical"] else "significant" if pooled["significant"] else "not significant"
+            verdict = ("identical" if pooled["identical"] else "not significant" if not pooled["significant"]
+                       else "significant" if not pooled["ci_low"] <= 0 <= pooled["ci_high"]
+                       else "significant, CI includes 0")
             significance.append(f"| {test['arm_a']} | {test['arm_b']} | {pooled['delta']:+.2f} | "
                                 f"[{pooled['ci_low']:+.2f}, {pooled['ci_high']:+.2f}] | {pooled['p_value']:.3f} | "
                                 f"{verdict} | {per_seed} |")

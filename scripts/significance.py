@@ -68,4 +68,7 @@ def in_words(name_a, name_b, result):
         return f"{name_b} and {name_a} produce identical translations"
     ci = f"95% CI of the difference [{result['ci_low']:+.2f}, {result['ci_high']:+.2f}]"
     verdict = (f"significant at p < {LEVEL}" if result["significant"] else f"not significant at p < {LEVEL}")
+    if result["significant"] and result["ci_low"] <= 0 <= result["ci_high"]:
+        # sacreBLEU's p-value and the percentile interval are built differently and can disagree at the edge
+        verdict += ", borderline: the interval includes 0"
     return (f"{name_b} - {name_a} = {result['delta']:+.2f} BLEU, p = {result['p_value']:.3f}: {verdict} ({ci})")

@@ -72,6 +72,14 @@ def test_differences_pair_the_same_resampled_sentences():
         assert differences[i] == pytest.approx(expected, abs=1e-3)
 
 
+def test_in_words_flags_a_p_value_the_interval_does_not_support():
+    base = {"identical": False, "delta": 0.75, "p_value": 0.036, "significant": True, "ci_low": -0.01, "ci_high": 1.57}
+    assert in_words("A", "B", base) == ("B - A = +0.75 BLEU, p = 0.036: significant at p < 0.05, borderline: the "
+                                        "interval includes 0 (95% CI of the difference [-0.01, +1.57])")
+    clear = dict(base, ci_low=0.2)
+    assert "borderline" not in in_words("A", "B", clear) and "significant at p < 0.05 (95% CI" in in_words("A", "B", clear)
+
+
 def test_unequal_lengths_are_refused():
     references = corpus(sentences=10)
     with pytest.raises(ValueError, match="equal lengths"):
