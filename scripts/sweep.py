@@ -121,6 +121,8 @@ class Progress:
         return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
     def eta(self):
+        if self.done == self.total:
+            return "all runs done"
         if not self.durations:
             return "ETA after the first run"
         remaining = self.total - self.done
