@@ -24,7 +24,8 @@ USAGE
 }
 
 source "$(dirname "${BASH_SOURCE[0]}")/recipe_lib.sh"
-[[ $# -gt 0 && "$1" != -h && "$1" != --help ]] || { usage; [[ $# -gt 0 ]] && exit 0; die "missing RECIPE"; }
+[[ "${1:-}" == -h || "${1:-}" == --help ]] && { usage; exit 0; }
+[[ $# -gt 0 && "$1" != -* ]] || { usage >&2; die "missing RECIPE (known: $(known_recipes)); it comes first"; }
 recipe=$1; shift
 load_recipe "$recipe"
 exec "$PYTHON" "$REPO_ROOT/scripts/sweep.py" --recipe "$RECIPE" --subset "$EVAL_SUBSET" \

@@ -107,3 +107,24 @@ def test_sweep_refuses_a_run_directory_made_for_other_settings(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: sweep: {run / 'arm.json'} records other settings")
     assert calls(tmp_path) == []
+
+
+def test_extra_fairseq_arguments_come_before_the_arms_own(tmp_path):
+    proc = sweep(tmp_path, "--no-compare", "--", "--max-update", "5", "--lr", "1e-3")
+    assert proc.returncode == 0, proc.stderr
+    call = next(c for c in calls(tmp_path) if "el_le0.75/seed1" in c)
+    assert call.endswith("args=--max-update 5 --lr 1e-3 --log-end 0.75")
+    assert not (tmp_path / "runs" / "demo" / "comparison.json").exists()  # --no-compare
+
+
+def test_sweep_script_errors_are_one_line():
+    env = dict(os.environ, PYTHON=sys.executable)
+    for args, expected in ((["--arms", "baseline"], "error: missing RECIPE"),
+                           (["nope", "--arms", "baseline"], "error: unknown recipe 'nope'"),
+                           (["demo", "--arms", "baseline", "le=2,rho"], "error: sweep: arm 'le=2,rho': 'rho' is not key=value"),
+                           (["demo", "--arms", "le=0.5", "le=0.5"], "error: sweep: --arms: el_le0.5 given twice"),
+                           (["demo", "--arms", "baseline", "--seeds", "3-1"], "error: sweep: --seeds 3-1: the range is empty")):
+        proc = subprocess.run(["bash", str(REPO / "scripts" / "sweep.sh"), *args], capture_output=True, text=True,
+                              env=env, cwd=REPO)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines()[-1].startswith(expected), proc.stderr
