@@ -144,7 +144,7 @@ def test_compare_table_and_plot(demo):
     assert f"table: {out / 'comparison.md'}" in printed and f"plot:  {out / 'comparison.png'}" in printed
     assert re.search(r"baseline: tokenised BLEU [0-9.]+, sacreBLEU [0-9.]+ \(mean \+- std over 1 seeds", printed)
     assert re.search(r"el_le0.5: tokenised BLEU [0-9.]+, sacreBLEU [0-9.]+", printed)
-    assert re.search(r"\[sweep\] 2/2 .*ETA", printed)
+    assert re.search(r"\[sweep\] 1/2 .*ETA", printed) and re.search(r"\[sweep\] 2/2 .*all runs done", printed)
 
 
 def test_compare_mean_and_std_over_seeds(tmp_path):
