@@ -24,4 +24,4 @@ demo: install
 	PYTHON=$(PY) bash scripts/demo.sh
 
 clean:
-	rm -rf .pytest_cache build *.egg-info
+	rm -rf .pytest_cache build

@@ -21,12 +21,15 @@ TRAIN_ARGS=(
   --lr "${DEMO_LR:-4e-3}" --lr-scheduler inverse_sqrt --warmup-updates "${DEMO_WARMUP:-100}"
   --dropout 0.1 --weight-decay 0.0
   # Whole epochs, so that the last epoch checkpoint is the final model (0 = no update limit).
-  --max-tokens "${DEMO_MAX_TOKENS:-2048}" --max-epoch "${DEMO_MAX_EPOCH:-3}" --max-update "${DEMO_MAX_UPDATE:-0}"
+  --max-epoch "${DEMO_MAX_EPOCH:-3}" --max-update "${DEMO_MAX_UPDATE:-0}"
   --label-smoothing 0.1
   --keep-last-epochs "${DEMO_AVERAGE_LAST:-1}"
   --num-workers 0
 )
-UPDATE_FREQ=1
+# The batch (see configs/iwslt14_de_en.sh): 2048 tokens per update, split exactly over any workers.
+TOKENS_PER_UPDATE=${DEMO_MAX_TOKENS:-2048}
+MAX_TOKENS=${DEMO_MAX_TOKENS:-2048}
+MIN_MAX_TOKENS=128
 BASELINE_ARGS=(--criterion encouraging_ls --bonus-rho 0)
 # The paper's settings; scripts/demo.sh adds a linear warm-in of the bonus (docs/demo-findings.md says why).
 ENCOURAGING_ARGS=(--criterion encouraging_ls --bonus-rho 1 --el-label-smoothing 0.1 --log-end 0.5)

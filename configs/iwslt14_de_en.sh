@@ -9,8 +9,7 @@ DATA_DIR=${DATA_DIR:-data/iwslt14.de-en}
 # How DATA_DIR is made (shown when it is missing).
 PREPARE_COMMAND="data_prep/prepare_iwslt14_de_en.sh --out-dir $DATA_DIR"
 
-# Shared by both losses. --update-freq is for one GPU: train.sh divides it by the number of workers
-# so that the batch stays 4 x 4096 tokens per update.
+# Shared by both losses (the batch is set below, not here).
 TRAIN_ARGS=(
   --task translation_encouraging --diagnostics-interval 10
   # Validation BLEU each epoch picks checkpoint_best.pt, as the paper's runs did.
@@ -21,11 +20,18 @@ TRAIN_ARGS=(
   --optimizer adam --adam-betas '(0.9, 0.98)'
   --lr 1e-3 --lr-scheduler inverse_sqrt --warmup-updates 4000
   --dropout 0.4 --weight-decay 1e-4
-  --max-tokens 4096 --max-update 20000
+  --max-update 20000
   --label-smoothing 0.1
   --keep-last-epochs 10
 )
-UPDATE_FREQ=4
+# The batch: TOKENS_PER_UPDATE tokens per optimiser update whatever the hardware. train.sh splits it
+# exactly into --max-tokens (at most MAX_TOKENS, what one GPU holds) x --update-freq x workers, going
+# below MAX_TOKENS per GPU when that keeps the product exact but never below MIN_MAX_TOKENS (fairseq
+# refuses a batch shorter than the longest sentence), and refuses a worker count it cannot split into.
+# The paper: 4096 tokens x update-freq 4 on one GPU.
+TOKENS_PER_UPDATE=16384
+MAX_TOKENS=4096
+MIN_MAX_TOKENS=1024
 # The baseline is encouraging_ls with rho 0: exactly label_smoothed_cross_entropy, and it logs the
 # same target-probability diagnostics, so the two runs' curves can be compared.
 BASELINE_ARGS=(--criterion encouraging_ls --bonus-rho 0)

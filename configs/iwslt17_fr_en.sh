@@ -19,11 +19,18 @@ TRAIN_ARGS=(
   --optimizer adam --adam-betas '(0.9, 0.98)'
   --lr 5e-4 --lr-scheduler inverse_sqrt --warmup-updates 4000
   --dropout 0.3 --weight-decay 1e-3
-  --max-tokens 4096 --max-update 100000
+  --max-update 100000
   --label-smoothing 0.1
   --keep-last-epochs 10
 )
-UPDATE_FREQ=1
+# The batch: TOKENS_PER_UPDATE tokens per optimiser update whatever the hardware. train.sh splits it
+# exactly into --max-tokens (at most MAX_TOKENS, what one GPU holds) x --update-freq x workers, going
+# below MAX_TOKENS per GPU when that keeps the product exact but never below MIN_MAX_TOKENS (fairseq
+# refuses a batch shorter than the longest sentence), and refuses a worker count it cannot split into.
+# The paper: 4096 tokens per update (one GPU, no accumulation).
+TOKENS_PER_UPDATE=4096
+MAX_TOKENS=4096
+MIN_MAX_TOKENS=1024
 BASELINE_ARGS=(--criterion encouraging_ls --bonus-rho 0)
 ENCOURAGING_ARGS=(--criterion encouraging_ls --bonus-rho 1 --el-label-smoothing 0.1 --log-end 0.5)
 

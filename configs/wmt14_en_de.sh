@@ -10,7 +10,7 @@ DATA_DIR=${DATA_DIR:-data/wmt14.en-de}
 # How DATA_DIR is made (shown when it is missing).
 PREPARE_COMMAND="data_prep/prepare_wmt14_en_de.sh --out-dir $DATA_DIR --workers 16"
 
-# For transformer big: --arch transformer_vaswani_wmt_en_de_big --dropout 0.3 --lr 5e-4 --max-tokens 3584
+# For transformer big: --arch transformer_vaswani_wmt_en_de_big --dropout 0.3 --lr 5e-4 and MAX_TOKENS=3584 below
 TRAIN_ARGS=(
   --task translation_encouraging --diagnostics-interval 10
   # Validation BLEU each epoch picks checkpoint_best.pt, as the paper's runs did.
@@ -21,12 +21,18 @@ TRAIN_ARGS=(
   --optimizer adam --adam-betas '(0.9, 0.98)'
   --lr 7e-4 --lr-scheduler inverse_sqrt --warmup-updates 4000 --warmup-init-lr 1e-07
   --dropout 0.1 --weight-decay 0.0
-  --max-tokens 4096 --max-update 100000
+  --max-update 100000
   --label-smoothing 0.1
   --keep-last-epochs 5 --save-interval-updates 5000 --keep-interval-updates 5
 )
-# 8 x 4096 tokens per update on one GPU; train.sh divides by the number of GPUs.
-UPDATE_FREQ=8
+# The batch: TOKENS_PER_UPDATE tokens per optimiser update whatever the hardware. train.sh splits it
+# exactly into --max-tokens (at most MAX_TOKENS, what one GPU holds) x --update-freq x workers, going
+# below MAX_TOKENS per GPU when that keeps the product exact but never below MIN_MAX_TOKENS (fairseq
+# refuses a batch shorter than the longest sentence), and refuses a worker count it cannot split into.
+# 8 x 4096 tokens per update on one GPU (fairseq's "scaling NMT" batch is ~25k-32k tokens).
+TOKENS_PER_UPDATE=32768
+MAX_TOKENS=4096
+MIN_MAX_TOKENS=1024
 BASELINE_ARGS=(--criterion encouraging_ls --bonus-rho 0)
 ENCOURAGING_ARGS=(--criterion encouraging_ls --bonus-rho 1 --el-label-smoothing 0.1 --log-end 0.5)
 

@@ -3,7 +3,7 @@
 # newstest2014), joint SentencePiece BPE 32k:
 #   data_prep/prepare_wmt14_en_de.sh [--raw-dir data/downloads] [--out-dir data/wmt14.en-de] [--offline] ...
 # Put the five archives into --raw-dir to run offline. -h lists every option.
-# The logic is in data_prep/prepare.py (subcommand "wmt14-en-de").
+# The logic is in data_prep/ (python -m data_prep, subcommand "wmt14-en-de").
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_python.sh"
-DATA_PREP_SCRIPT="$0" exec "$PYTHON" -m data_prep.prepare wmt14-en-de "$@"
+DATA_PREP_SCRIPT="$0" exec "$PYTHON" -m data_prep wmt14-en-de "$@"

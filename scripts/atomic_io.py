@@ -1,12 +1,100 @@
-"""The one way the scripts write their outputs: to a temporary name beside the target, renamed when
-complete, so an interrupted run never leaves a half-written table, JSON or plot."""
+"""The one way the scripts write their outputs: to a temporary name beside the target, renamed over it
+when complete, so an interrupted run never leaves a half-written table, JSON, plot or checkpoint.
+
+    with atomic_open(path) as handle:            # text ("w", utf-8)
+        handle.write(text)
+    with atomic_open(path, "wb") as handle:      # bytes, and whatever writes to a binary file:
+        figure.savefig(handle, format="png")     #   matplotlib
+        torch.save(state, handle)                #   torch
+
+The temporary file is .NAME.PID.partial in the target's directory (same file system, so the rename is
+atomic). It is removed when the block raises; one left by a killed process (its PID no longer
+running) is removed by the next write of the same target.
+
+From the shell: ... | python -m scripts.atomic_io PATH   (stdin to PATH, atomically).
+"""
+import contextlib
+import glob
 import os
+import re
+import sys
+
+
+def partial_path(path):
+    directory, name = os.path.split(os.fspath(path))
+    return os.path.join(directory, f".{name}.{os.getpid()}.partial")
+
+
+def _running(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_partials(path):
+    """Deletes the temporary files of earlier writes of `path` whose process is gone."""
+    directory, name = os.path.split(os.fspath(path))
+    pattern = re.compile(rf"\.{re.escape(name)}\.(\d+)\.partial")
+    for leftover in glob.glob(os.path.join(glob.escape(directory or "."), f".{glob.escape(name)}.*.partial")):
+        match = pattern.fullmatch(os.path.basename(leftover))
+        if match and int(match.group(1)) != os.getpid() and not _running(int(match.group(1))):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(leftover)
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode="w", encoding="utf-8"):
+    """A file object for writing `path`: a temporary file that replaces `path` when the block ends
+    without an exception (flushed and fsynced first), and is deleted when it raises."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes whole files: mode 'w' or 'wb', not {mode!r}")
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    remove_stale_partials(path)
+    partial = partial_path(path)
+    try:
+        with open(partial, mode, encoding=None if mode == "wb" else encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(partial)
+        raise
 
 
 def write_text_atomically(path, text):
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    partial = path + ".partial"
-    with open(partial, "w", encoding="utf-8") as handle:
+    with atomic_open(path) as handle:
         handle.write(text)
-    os.replace(partial, path)
+
+
+def write_bytes_atomically(path, data):
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+
+
+def main(argv):
+    usage = "usage: ... | python -m scripts.atomic_io PATH   (writes stdin to PATH atomically)"
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage)
+        return 0
+    if len(argv) != 1:
+        print(usage, file=sys.stderr)
+        return 2
+    try:
+        with atomic_open(argv[0], "wb") as handle:
+            for block in iter(lambda: sys.stdin.buffer.read(1 << 20), b""):
+                handle.write(block)
+    except OSError as error:
+        print(f"error: atomic_io: cannot write {argv[0]}: {error.strerror or error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -12,11 +12,21 @@ RUN_DIR is a directory made by scripts/train.sh (its run.json names the recipe a
   --average-last N   average the last N epoch checkpoints (default: the recipe's EVAL_AVERAGE_LAST)
   --checkpoint FILE  evaluate this checkpoint instead of an average (e.g. RUN_DIR/checkpoints/checkpoint_best.pt)
   --subset S         test (default: the recipe's EVAL_SUBSET) or valid
+  -- ARGS           passed to fairseq-generate last (e.g. -- --max-len-b 50)
 Beam, length penalty and batch size come from the recipe (EVAL_BEAM, EVAL_LENPEN, EVAL_BATCH_SIZE).
-Writes RUN_DIR/eval/SUBSET.generate.txt (fairseq-generate output), SUBSET.hyp.detok.TGT and
-SUBSET.results.json, each under a temporary name first. Uses a GPU (fp16) when one is visible.
+Uses a GPU (fp16) when one is visible, else the CPU.
 
-Environment: PYTHON (interpreter), CONFIG_DIR (recipes, default configs/).
+Writes, each under a temporary name renamed when complete (a failed or killed run leaves none behind;
+the next run removes those of a killed one):
+  RUN_DIR/checkpoints/checkpoint_avg_lastN.pt  the averaged checkpoint (not with --checkpoint)
+  RUN_DIR/eval/SUBSET.generate.txt             fairseq-generate's output (S-/T-/H-/D-/P- lines)
+  RUN_DIR/eval/SUBSET.hyp.detok.TGT            the hypotheses, detokenised as sacreBLEU scored them
+  RUN_DIR/eval/SUBSET.results.json             the scores and settings (scripts/score_translations.py)
+and prints the scores: tokenised BLEU (fairseq's scorer: the paper's IWSLT metric), detokenised
+sacreBLEU with its signature, and compound-split BLEU for recipes with EVAL_COMPOUND_SPLIT=1.
+
+Environment: PYTHON (interpreter), CONFIG_DIR (recipes, default configs/), VISIBLE_GPUS (replaces
+torch's GPU count).
 USAGE
 }
 
@@ -38,22 +48,38 @@ done
 [[ -f "$run_dir/run.json" ]] || die "$run_dir/run.json not found: RUN_DIR must be a directory made by scripts/train.sh"
 run_dir=$(cd "$run_dir" && pwd)
 
-run_field() { "$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$run_dir/run.json" "$1"; }
-load_recipe "$(run_field recipe)"
-data_dir=$(run_field data_dir)
+# run.json is read once; a damaged one is a one-line error naming it (from scripts.run_json).
+run_fields=$("$PYTHON" -m scripts.run_json read "$run_dir/run.json" recipe data_dir loss seed) || exit 2
+{ IFS= read -r run_recipe; IFS= read -r data_dir; IFS= read -r run_loss; IFS= read -r run_seed; } <<< "$run_fields"
+load_recipe "$run_recipe"
 subset=${subset:-$EVAL_SUBSET}
 [[ "$subset" == test || "$subset" == valid ]] || die "--subset must be test or valid, got '$subset'"
-
-eval_dir="$run_dir/eval"
-mkdir -p "$eval_dir"
+[[ -f "$data_dir/bin/dict.$TGT_LANG.txt" ]] || die "$run_dir/run.json: its data_dir $data_dir has no prepared corpus (missing bin/dict.$TGT_LANG.txt)"
 if [[ -n "$checkpoint" ]]; then
   [[ -f "$checkpoint" ]] || die "--checkpoint $checkpoint: no such file"
   checkpoint_label="$checkpoint"
-else
+fi
+
+visible=$(visible_gpus)
+
+eval_dir="$run_dir/eval"
+mkdir -p "$eval_dir"
+# Temporary files of a killed evaluation (.NAME.PID.partial of a PID that is gone; *.tmp from older
+# versions) are removed; those of this one are removed on any exit before they are renamed.
+for leftover in "$eval_dir"/.*.partial "$eval_dir"/*.tmp; do
+  [[ -e "$leftover" ]] || continue
+  pid=${leftover%.partial}; pid=${pid##*.}
+  if [[ "$leftover" == *.tmp || ! "$pid" =~ ^[0-9]+$ ]] || ! kill -0 "$pid" 2>/dev/null; then rm -f -- "$leftover"; fi
+done
+generate_output="$eval_dir/$subset.generate.txt"
+generate_partial="$eval_dir/.$subset.generate.txt.$$.partial"
+trap 'rm -f -- "$generate_partial"' EXIT
+
+if [[ -z "$checkpoint" ]]; then
   average_last=${average_last:-$EVAL_AVERAGE_LAST}
   checkpoint="$run_dir/checkpoints/checkpoint_avg_last$average_last.pt"
   echo "[evaluate] averaging the last $average_last epoch checkpoints of $run_dir" >&2
-  "$PYTHON" "$REPO_ROOT/scripts/average_checkpoints.py" --inputs "$run_dir/checkpoints" \
+  "$PYTHON" -m scripts.average_checkpoints --inputs "$run_dir/checkpoints" \
     --num-epoch-checkpoints "$average_last" --output "$checkpoint"
   checkpoint_label="average of the last $average_last epoch checkpoints"
 fi
@@ -61,32 +87,19 @@ fi
 # --required-batch-size-multiple 1: with fairseq's default 8, batch_by_size silently drops the
 # remainder (500 test sentences -> 496 translated), and BLEU would be on part of the test set.
 hardware_args=(--cpu)
-[[ $(visible_gpus) -gt 0 ]] && hardware_args=(--fp16)
-generate_output="$eval_dir/$subset.generate.txt"
+(( visible > 0 )) && hardware_args=(--fp16)
 echo "[evaluate] fairseq-generate on $subset: beam $EVAL_BEAM, lenpen $EVAL_LENPEN, $checkpoint_label" >&2
 "$PYTHON" -m fairseq_cli.generate "$data_dir/bin" --user-dir "$USER_DIR" \
   --source-lang "$SRC_LANG" --target-lang "$TGT_LANG" --gen-subset "$subset" \
   --path "$checkpoint" --beam "$EVAL_BEAM" --lenpen "$EVAL_LENPEN" --batch-size "$EVAL_BATCH_SIZE" \
-  --required-batch-size-multiple 1 --post-process sentencepiece "${hardware_args[@]}" "${extra[@]}" > "$generate_output.tmp"
-mv "$generate_output.tmp" "$generate_output"
+  --required-batch-size-multiple 1 --post-process sentencepiece "${hardware_args[@]}" "${extra[@]}" > "$generate_partial"
+mv -- "$generate_partial" "$generate_output"
 
 compound_args=()
 [[ "${EVAL_COMPOUND_SPLIT:-0}" == 1 ]] && compound_args=(--compound-split)
 results="$eval_dir/$subset.results.json"
-"$PYTHON" "$REPO_ROOT/scripts/score_translations.py" --generate-output "$generate_output" \
+"$PYTHON" -m scripts.score_translations --generate-output "$generate_output" \
   --data-dir "$data_dir" --subset "$subset" --tgt-lang "$TGT_LANG" "${compound_args[@]}" \
-  --output "$results" --hypotheses-output "$eval_dir/$subset.hyp.detok.$TGT_LANG" \
-  --extra recipe="$RECIPE" loss="$(run_field loss)" seed="$(run_field seed)" subset="$subset" \
+  --output "$results" --hypotheses-output "$eval_dir/$subset.hyp.detok.$TGT_LANG" --print-summary \
+  --extra recipe="$RECIPE" loss="$run_loss" seed="$run_seed" subset="$subset" run_dir="$run_dir" \
   checkpoint="$checkpoint_label" beam="$EVAL_BEAM" lenpen="$EVAL_LENPEN" paper_metric="$PAPER_METRIC"
-
-"$PYTHON" - "$results" "$run_dir" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-print(f"[evaluate] {sys.argv[2]} ({r['recipe']}, {r['loss']}, seed {r['seed']}), {r['subset']}: "
-      f"{r['sentences']} sentences, beam {r['beam']}, {r['checkpoint']}")
-print(f"  tokenised BLEU (fairseq; the paper's metric for IWSLT): {r['tokenized_bleu']}")
-print(f"  detokenised sacreBLEU: {r['sacrebleu']}  ({r['sacrebleu_signature']})")
-if r["compound_split_bleu"] is not None:
-    print(f"  compound-split BLEU (WMT En-De convention): {r['compound_split_bleu']}")
-print(f"  results: {sys.argv[1]}")
-PY

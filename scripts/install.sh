@@ -23,6 +23,7 @@ USAGE
 [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]] && { usage; exit 0; }
 
 cd "$(dirname "$0")/.."
+repo=$PWD
 VENV=${VENV:-.venv}
 FAIRSEQ_SPEC=${FAIRSEQ_SPEC:-fairseq-fixed==0.12.3.1}
 TORCH_CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
@@ -37,6 +38,7 @@ else
   fi
   py="$VENV/bin/python"
 fi
+py="$(cd "$(dirname "$py")" && pwd)/$(basename "$py")"  # absolute: some checks below run from /
 pip=("$py" -m pip --disable-pip-version-check)
 
 have() { "$py" - "$@" <<'PY'
@@ -80,10 +82,10 @@ else
 fi
 
 # fairseq's runtime needs (its own metadata would pull torchaudio and old pins, hence --no-deps below).
-if satisfied requirements.txt; then
-  echo "[install] requirements.txt already satisfied"
+if satisfied requirements.txt requirements-test.txt; then
+  echo "[install] requirements.txt and requirements-test.txt already satisfied"
 else
-  "${pip[@]}" install -q -r requirements.txt
+  "${pip[@]}" install -q -r requirements.txt -r requirements-test.txt
 fi
 
 if satisfied "$FAIRSEQ_SPEC"; then
@@ -93,5 +95,14 @@ else
   "${pip[@]}" install -q --no-deps --no-build-isolation "$FAIRSEQ_SPEC"
 fi
 
+# The project itself, editable: `import encouraging_loss` and `--user-dir "$(python -m fairseq_plugins)"`
+# work from any directory, and edits in this checkout take effect without reinstalling.
+if (cd / && "$py" -c 'import sys, pathlib, encouraging_loss
+sys.exit(pathlib.Path(encouraging_loss.__file__).resolve().parent != (pathlib.Path(sys.argv[1]) / "encouraging_loss").resolve())' "$repo") 2>/dev/null; then
+  echo "[install] keeping the editable install of this checkout"
+else
+  echo "[install] installing this checkout (editable)"
+  "${pip[@]}" install -q --no-deps --no-build-isolation -e .
+fi
 
-"$py" -c 'import torch, fairseq, fairseq_plugins; print(f"[install] ok: torch {torch.__version__}, fairseq {fairseq.__version__}")' 2>&1 | grep '^\[install\]'
+(cd / && "$py" -c 'import torch, fairseq, fairseq_plugins; print(f"[install] ok: torch {torch.__version__}, fairseq {fairseq.__version__}")') 2>&1 | grep '^\[install\]'

@@ -1,5 +1,6 @@
 # Sourced by train.sh, evaluate.sh, compare.sh and demo.sh: the interpreter, the repository on
-# PYTHONPATH, and loading a recipe from configs/ with a one-line error for an unknown name.
+# PYTHONPATH (the Python helpers run as modules: python -m scripts.NAME), loading a recipe from
+# configs/ with a one-line error for an unknown name, the visible GPUs and the batch split.
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CONFIG_DIR=${CONFIG_DIR:-$REPO_ROOT/configs}
 source "$REPO_ROOT/data_prep/_python.sh"  # PYTHON and PYTHONPATH, one rule for every script
@@ -26,5 +27,36 @@ load_recipe() {
   RECIPE=$name
 }
 
-# The number of CUDA devices torch sees (0 without a GPU or with a CPU build of torch).
-visible_gpus() { "$PYTHON" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0; }
+# The number of CUDA devices torch sees (0 without a GPU or with a CPU build of torch). VISIBLE_GPUS=N
+# replaces the probe (tests, and previewing a GPU machine's command with --dry-run on another machine).
+visible_gpus() {
+  if [[ -n "${VISIBLE_GPUS:-}" ]]; then
+    [[ "$VISIBLE_GPUS" =~ ^(0|[1-9][0-9]*)$ ]] || die "VISIBLE_GPUS must be a non-negative integer, got '$VISIBLE_GPUS'"
+    echo "$VISIBLE_GPUS"
+    return
+  fi
+  "$PYTHON" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0
+}
+
+# split_batch TOKENS_PER_UPDATE MAX_TOKENS MIN_MAX_TOKENS WORKERS: prints "MAX_TOKENS_PER_GPU UPDATE_FREQ"
+# with max-tokens x update-freq x workers = TOKENS_PER_UPDATE exactly and the per-GPU batch between
+# MIN_MAX_TOKENS and MAX_TOKENS (the fewest accumulation steps, so the largest batch that fits);
+# fails (status 1, prints nothing) when no such split exists.
+split_batch() {
+  local total=$1 max=$2 min=$3 workers=$4 per_worker update_freq
+  (( workers > 0 && total % workers == 0 )) || return 1
+  per_worker=$(( total / workers ))
+  for (( update_freq = (per_worker + max - 1) / max; per_worker / update_freq >= min; update_freq++ )); do
+    if (( per_worker % update_freq == 0 )); then echo "$(( per_worker / update_freq )) $update_freq"; return 0; fi
+  done
+  return 1
+}
+
+# The worker counts (up to 64) for which split_batch succeeds, space-separated.
+splittable_worker_counts() {
+  local workers counts=()
+  for (( workers = 1; workers <= 64; workers++ )); do
+    split_batch "$1" "$2" "$3" "$workers" > /dev/null && counts+=("$workers")
+  done
+  echo "${counts[*]:-none}"
+}

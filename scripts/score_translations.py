@@ -1,9 +1,11 @@
-#!/usr/bin/env python3
 """Scores a fairseq-generate output file and writes the results as JSON (atomically).
 
-Reported, each labelled:
-  tokenized_bleu       fairseq's own BLEU (the "BLEU4 =" line): on the subword-decoded text, split at
-                       spaces. For IWSLT De-En (Moses-tokenised, lower-cased) this is what the paper reports.
+    python -m scripts.score_translations --generate-output F --data-dir D --tgt-lang L --output R.json
+
+Reported, each labelled, all computed with sacreBLEU from the H- and T- lines:
+  tokenized_bleu       BLEU on the subword-decoded text split at spaces, unsmoothed: what fairseq's own
+                       scorer (--scoring bleu, the "BLEU4 =" line) computes. For IWSLT De-En
+                       (Moses-tokenised, lower-cased) this is what the paper reports.
   sacrebleu            detokenised sacreBLEU against the untokenised references the data_prep step kept
                        (DATA/raw/SPLIT.TGT), with its signature. Hypotheses get the post-processing
                        DATA/prepare.json lists (Moses detokenisation; lower-cased comparison).
@@ -18,9 +20,9 @@ import re
 import sys
 
 import sacrebleu
-from atomic_io import write_text_atomically
 
-FAIRSEQ_BLEU = re.compile(r"BLEU4? = ([0-9.]+)")
+from scripts.atomic_io import write_text_atomically
+
 COMPOUND = re.compile(r"(\S)-(\S)")
 
 
@@ -29,8 +31,8 @@ class ScoringError(Exception):
 
 
 def read_generate_output(path):
-    """(hypotheses, references) in sentence-id order, and fairseq's BLEU4 from the summary line."""
-    hypotheses, references, fairseq_bleu = {}, {}, None
+    """(hypotheses, references) in sentence-id order."""
+    hypotheses, references = {}, {}
     with open(path, encoding="utf-8") as handle:
         for line in handle:
             line = line.rstrip("\n")
@@ -40,8 +42,6 @@ def read_generate_output(path):
             elif line.startswith("T-"):
                 sentence_id, text = (line.split("\t", 1) + [""])[:2]
                 references[int(sentence_id[2:])] = text
-            elif "BLEU" in line and (match := FAIRSEQ_BLEU.search(line)):
-                fairseq_bleu = float(match.group(1))
     if not hypotheses:
         raise ScoringError(f"{path}: no hypotheses (H- lines); is it fairseq-generate's output?")
     if sorted(hypotheses) != sorted(references):
@@ -49,7 +49,14 @@ def read_generate_output(path):
     ids = sorted(hypotheses)
     if ids != list(range(len(ids))):
         raise ScoringError(f"{path}: sentence ids are not 0..{len(ids) - 1}; was the whole subset generated?")
-    return [hypotheses[i] for i in ids], [references[i] for i in ids], fairseq_bleu
+    return [hypotheses[i] for i in ids], [references[i] for i in ids]
+
+
+def tokenised_bleu(hypotheses, references):
+    """BLEU on whitespace-split tokens, unsmoothed: fairseq's BLEU scorer (each line encoded word by
+    word with Dictionary.encode_line, then 4-gram BLEU with the brevity penalty) on the same text."""
+    metric = sacrebleu.BLEU(tokenize="none", smooth_method="none", force=True)
+    return round(metric.corpus_score(hypotheses, [references]).score, 2)
 
 
 def split_compounds(lines):
@@ -72,7 +79,7 @@ def detokenise(lines, postprocess, lang):
 
 
 def score(generate_output, data_dir, subset, tgt_lang, compound_split=False):
-    hypotheses, tokenised_refs, fairseq_bleu = read_generate_output(generate_output)
+    hypotheses, tokenised_refs = read_generate_output(generate_output)
     with open(os.path.join(data_dir, "prepare.json"), encoding="utf-8") as handle:
         postprocess = json.load(handle).get("references", {}).get("postprocess", [])
     raw_path = os.path.join(data_dir, "raw", f"{subset}.{tgt_lang}")
@@ -89,7 +96,7 @@ def score(generate_output, data_dir, subset, tgt_lang, compound_split=False):
     metric = sacrebleu.BLEU(lowercase="compare-lowercased" in postprocess)
     sacre = metric.corpus_score(detokenised, [raw_refs])
     results = {
-        "tokenized_bleu": fairseq_bleu,
+        "tokenized_bleu": tokenised_bleu(hypotheses, tokenised_refs),
         "sacrebleu": round(sacre.score, 2),
         "sacrebleu_signature": str(metric.get_signature()),
         "compound_split_bleu": None,
@@ -101,9 +108,7 @@ def score(generate_output, data_dir, subset, tgt_lang, compound_split=False):
             # the corpus was not Moses-tokenised (e.g. SentencePiece on raw WMT text): tokenise both
             # sides first, since the convention is BLEU on tokenised text
             hypotheses, tokenised_refs = moses_tokenise(hypotheses, tgt_lang), moses_tokenise(tokenised_refs, tgt_lang)
-        split = sacrebleu.BLEU(tokenize="none", smooth_method="none", force=True)
-        results["compound_split_bleu"] = round(
-            split.corpus_score(split_compounds(hypotheses), [split_compounds(tokenised_refs)]).score, 2)
+        results["compound_split_bleu"] = tokenised_bleu(split_compounds(hypotheses), split_compounds(tokenised_refs))
     return results, detokenised
 
 
@@ -119,12 +124,14 @@ def main(argv=None):
     parser.add_argument("--hypotheses-output", help="also write the detokenised hypotheses here")
     parser.add_argument("--extra", nargs="*", default=[], metavar="KEY=VALUE",
                         help="more fields for the JSON (e.g. checkpoint=..., beam=5)")
+    parser.add_argument("--print-summary", action="store_true",
+                        help="print the scores, labelled (scripts/evaluate.sh)")
     args = parser.parse_args(argv)
     try:
         results, detokenised = score(args.generate_output, args.data_dir, args.subset, args.tgt_lang,
                                      args.compound_split)
     except (ScoringError, OSError, ValueError) as error:
-        print(f"error: score_translations.py: {error}", file=sys.stderr)
+        print(f"error: score_translations: {error}", file=sys.stderr)
         return 2
     for pair in args.extra:
         key, _, value = pair.partition("=")
@@ -132,7 +139,20 @@ def main(argv=None):
     if args.hypotheses_output:
         write_text_atomically(args.hypotheses_output, "".join(line + "\n" for line in detokenised))
     write_text_atomically(args.output, json.dumps(results, indent=2) + "\n")
+    if args.print_summary:
+        print_summary(results, args.output)
     return 0
+
+
+def print_summary(results, path):
+    get = results.get
+    print(f"[evaluate] {get('run_dir', '')} ({get('recipe')}, {get('loss')}, seed {get('seed')}), {get('subset')}: "
+          f"{results['sentences']} sentences, beam {get('beam')}, {get('checkpoint')}")
+    print(f"  tokenised BLEU (fairseq's scorer; the paper's metric for IWSLT): {results['tokenized_bleu']}")
+    print(f"  detokenised sacreBLEU: {results['sacrebleu']}  ({results['sacrebleu_signature']})")
+    if results["compound_split_bleu"] is not None:
+        print(f"  compound-split BLEU (WMT En-De convention): {results['compound_split_bleu']}")
+    print(f"  results: {path}")
 
 
 if __name__ == "__main__":

@@ -125,7 +125,7 @@ def test_bonus_scale_multiplies_rho(setup, toy_data_bin):
     _, _, model, sample = setup
     cfg, task = build(toy_data_bin, "--bonus-rho", "2.0")
     criterion = task.build_criterion(cfg.criterion)
-    criterion.bonus_scale = 0.25
+    criterion.set_step(bonus_scale=0.25)
     with torch.no_grad():
         loss, _, log = criterion(model, sample)
     torch.testing.assert_close(loss, log["ce_loss"] + 0.5 * log["bonus"], rtol=1e-5, atol=1e-4)
@@ -153,5 +153,42 @@ def test_bad_flag_stops_fairseq_train_before_anything_is_written(toy_data_bin, t
                     "--lr", "1e-3", "--max-tokens", "500", "--max-update", "1", "--cpu",
                     "--save-dir", tmp_path, check=False)
     assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines()[-1] == "ValueError: --log-end must be in (0, 1], got 1.5"
+    assert proc.stderr.strip().splitlines() == ["fairseq-train: error: --log-end must be in (0, 1], got 1.5"]
     assert not list(tmp_path.glob("*.pt"))
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+@pytest.mark.parametrize("prefix", [0, 2])
+def test_compute_loss_hook_returns_the_encouraging_loss_of_forward(setup, toy_data_bin, impl, prefix):
+    """fairseq's compute_loss is what other code (tasks, wrappers) calls: it must carry the bonus,
+    leave the caller's logits intact, and its siblings must drop the same prefix."""
+    from encouraging_loss import EncouragingLossOptions, encouraging_loss
+
+    _, _, model, sample = setup
+    cfg, task = build(toy_data_bin, "--bonus-rho", "0.7", "--log-end", "0.6", "--el-impl", impl,
+                      "--ignore-prefix-size", str(prefix))
+    criterion = task.build_criterion(cfg.criterion)
+    criterion.set_step(bonus_scale=0.5)
+    with torch.no_grad():
+        net_output = model(**sample["net_input"])
+        logits = net_output[0].clone()
+        loss, nll_loss = criterion.compute_loss(model, net_output, sample)
+        assert torch.equal(net_output[0], logits), "compute_loss must not overwrite the caller's logits"
+        forward_loss, _, log = criterion(model, sample)
+        n_correct, total = criterion.compute_accuracy(model, net_output, sample)
+        lprobs, flat_target = criterion.get_lprobs_and_target(model, net_output, sample)
+    target = sample["target"][:, prefix:]
+    expected = encouraging_loss(logits[:, prefix:].double(), target, EncouragingLossOptions(
+        label_smoothing=0.1, bonus_rho=0.35, log_end=0.6), ignore_index=task.target_dictionary.pad(),
+        reduction="sum", impl="reference")
+    torch.testing.assert_close(loss.double(), expected.loss, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(nll_loss.double(), expected.nll_loss, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(loss, forward_loss, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(nll_loss, log["nll_loss"], rtol=1e-6, atol=1e-5)
+    assert float(expected.bonus) < 0 and float(loss) < float(expected.ce_loss) - 1e-3, "the bonus is in the loss"
+    # accuracy and log-probabilities: over the same positions, against a plain computation
+    scored = target.ne(task.target_dictionary.pad())
+    assert int(total) == int(scored.sum())
+    assert int(n_correct) == int((logits[:, prefix:].argmax(-1) == target)[scored].sum())
+    assert flat_target.tolist() == target.reshape(-1).tolist()
+    torch.testing.assert_close(lprobs, torch.log_softmax(logits[:, prefix:].float(), -1).view(-1, logits.size(-1)))

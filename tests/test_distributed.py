@@ -38,3 +38,17 @@ def test_two_gloo_processes_match_one_process_with_the_same_total_batch(toy_data
             prefix = "valid_" if kind == "valid" else ""
             for key in COMPARED:
                 assert float(a[prefix + key]) == pytest.approx(float(b[prefix + key]), abs=2e-3), (kind, key, a, b)
+
+
+@pytest.mark.slow
+def test_a_bad_flag_under_torchrun_is_one_line_per_worker(toy_data_bin, tmp_path):
+    """Each worker reports the mistake in one line; torchrun itself then reports the failed workers
+    (its own traceback, from the launcher process, which the user-dir cannot reach)."""
+    proc = run_tool("torchrun", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", free_port(),
+                    BIN / "fairseq-train", toy_data_bin, *COMMON, "--bonus-rho", "-1", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    for rank in (0, 1):
+        reported = [line for line in proc.stderr.splitlines() if line.startswith(f"[rank{rank}]: fairseq-train: error: ")]
+        assert len(reported) == 1 and reported[0].split("error: ", 1)[1].startswith("--bonus-rho "), proc.stderr[-3000:]
+        assert "-1" in reported[0]
+    assert "fairseq_plugins" not in proc.stderr and "fairseq_cli" not in proc.stderr, "a worker printed a traceback"

@@ -188,14 +188,6 @@ def test_unknown_recipe_is_one_line_naming_it_and_the_known_ones():
             f"recipes live in {REPO / 'configs'})"]
 
 
-def test_train_without_prepared_data_says_how_to_make_it(tmp_path):
-    proc = run_script("train.sh", "iwslt14_de_en", "--data-dir", tmp_path / "nothing", check=False)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        f"error: no prepared corpus in {tmp_path / 'nothing'} (missing bin/dict.de.txt); "
-        f"make it with: data_prep/prepare_iwslt14_de_en.sh --out-dir data/iwslt14.de-en"]
-
-
 @pytest.mark.slow
 def test_train_records_the_exact_command_and_cpu_fallback(demo):
     out, printed = demo
@@ -205,47 +197,10 @@ def test_train_records_the_exact_command_and_cpu_fallback(demo):
     command = (run / "command.sh").read_text()
     assert "fairseq_cli.train" in command and "--bonus-rho 0" in command and "--cpu" in command
     assert "--max-epoch 4" in command and "--log-format json" in command
+    # the reduced demo's batch (DEMO_MAX_TOKENS) on one CPU worker: the whole update in one batch
+    assert "--max-tokens 1024 --update-freq 1" in command and info["tokens_per_update"] == 1024
     assert "WARNING: no GPU visible; training on CPU in float32" in printed
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
-
-
-def dry_run(tmp_path, *args, recipe="iwslt14_de_en", **env):
-    data = tmp_path / "data"
-    (data / "bin").mkdir(parents=True, exist_ok=True)
-    (data / "bin" / "dict.de.txt").touch()
-    full_env = {key: value for key, value in os.environ.items() if key not in ("WORLD_SIZE", "RANK", "FP16")}
-    full_env.update(PYTHON=sys.executable, **env)
-    proc = subprocess.run(["bash", str(SCRIPTS / "train.sh"), recipe, "--data-dir", str(data), "--dry-run",
-                           "--run-dir", str(tmp_path / "run"), *args], cwd=REPO, env=full_env,
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert not (tmp_path / "run").exists()  # a dry run writes nothing
-    return proc.stdout.split(), proc.stderr
-
-
-def flag_values(command, flag):
-    return [command[i + 1] for i, word in enumerate(command) if word == flag]
-
-
-def test_train_hardware_arguments_for_gpus_torchrun_and_cpu(tmp_path):
-    """What train.sh hands fairseq-train per hardware (the GPU branches cannot run here):
-    the iwslt14 recipe's UPDATE_FREQ (4, for one GPU) is divided among the workers."""
-    one_gpu, _ = dry_run(tmp_path, NUM_GPUS="1")
-    assert "--fp16" in one_gpu and "--cpu" not in one_gpu and flag_values(one_gpu, "--update-freq") == ["4"]
-    four, _ = dry_run(tmp_path, NUM_GPUS="4")
-    assert flag_values(four, "--distributed-world-size") == ["4"] and flag_values(four, "--update-freq") == ["1"]
-    assert "--fp16" in four
-    torchrun, printed = dry_run(tmp_path, NUM_GPUS="1", WORLD_SIZE="2", RANK="1")
-    assert flag_values(torchrun, "--update-freq") == ["2"] and "--distributed-world-size" not in torchrun
-    assert "rank 1 of 2" in printed
-    no_fp16, _ = dry_run(tmp_path, NUM_GPUS="2", FP16="0")
-    assert "--fp16" not in no_fp16
-    cpu, printed = dry_run(tmp_path, NUM_GPUS="0")
-    assert "--cpu" in cpu and "--fp16" not in cpu and "training on CPU in float32" in printed
-    cpu_half, printed = dry_run(tmp_path, NUM_GPUS="0", FP16="1")
-    assert {"--cpu", "--fp16", "--fp16-no-flatten-grads"} <= set(cpu_half) and "half precision" in printed
-    extra, _ = dry_run(tmp_path, "--", "--max-update", "7", NUM_GPUS="0")
-    assert flag_values(extra, "--max-update")[-1] == "7"  # extra arguments come last and win
 
 
 @pytest.mark.slow
@@ -262,50 +217,3 @@ def test_train_fp16_on_cpu_rehearses_the_gpu_path(demo, tmp_path):
     assert records and all("loss_scale" in r and r["loss"] != "nan" for r in records)
     assert float(records[-1]["loss"]) < float(records[0]["loss"])
     assert "half precision" in proc.stderr
-
-
-def test_score_moses_detokenised_and_compound_split(tmp_path):
-    """The WMT En-De path of score_translations.py on a handmade fairseq-generate output: Moses
-    detokenisation before sacreBLEU, and compound splitting before tokenised BLEU."""
-    hypotheses = ["Das ist ein Staats-Vertrag , sagte er .", "Die Ost-West-Beziehung ist gut ."]
-    references = ["Das ist ein Staats-Vertrag , sagte sie .", "Die Ost-West-Beziehungen sind gut ."]
-    raw = ["Das ist ein Staats-Vertrag, sagte sie.", "Die Ost-West-Beziehungen sind gut."]
-    generate = tmp_path / "generate.txt"
-    generate.write_text("".join(f"S-{i}\tx\nT-{i}\t{r}\nH-{i}\t-0.5\t{h}\n"
-                                for i, (h, r) in enumerate(zip(hypotheses, references)))
-                        + "Generate test with beam=4: BLEU4 = 12.34, 1/1/1/1 (BP=1.000)\n")
-    (tmp_path / "raw").mkdir()
-    (tmp_path / "raw" / "test.de").write_text("\n".join(raw) + "\n")
-    (tmp_path / "prepare.json").write_text(json.dumps({"references": {"postprocess": ["moses-detokenise"]}}))
-    output = tmp_path / "results.json"
-    subprocess.run([sys.executable, str(SCRIPTS / "score_translations.py"), "--generate-output", str(generate),
-                    "--data-dir", str(tmp_path), "--tgt-lang", "de", "--compound-split", "--output", str(output),
-                    "--hypotheses-output", str(tmp_path / "hyp.detok")], check=True, cwd=REPO)
-    results = json.loads(output.read_text())
-    assert results["tokenized_bleu"] == 12.34  # fairseq's own line, passed through
-    detokenised = (tmp_path / "hyp.detok").read_text().splitlines()
-    assert detokenised == ["Das ist ein Staats-Vertrag, sagte er.", "Die Ost-West-Beziehung ist gut."]
-    assert results["sacrebleu"] == pytest.approx(sacrebleu.corpus_bleu(detokenised, [raw]).score, abs=0.01)
-    # written out by hand: each "x-y" becomes "x ##AT##-##AT## y" (fairseq's compound_split_bleu.sh)
-    hypotheses_split = ["Das ist ein Staats ##AT##-##AT## Vertrag , sagte er .",
-                        "Die Ost ##AT##-##AT## West ##AT##-##AT## Beziehung ist gut ."]
-    references_split = ["Das ist ein Staats ##AT##-##AT## Vertrag , sagte sie .",
-                        "Die Ost ##AT##-##AT## West ##AT##-##AT## Beziehungen sind gut ."]
-    expected = sacrebleu.corpus_bleu(hypotheses_split, [references_split], tokenize="none",
-                                     smooth_method="none", force=True).score
-    unsplit = sacrebleu.corpus_bleu(hypotheses, [references], tokenize="none", smooth_method="none").score
-    assert expected != pytest.approx(unsplit, abs=0.5), "the example must be sensitive to the splitting"
-    assert results["compound_split_bleu"] == pytest.approx(expected, abs=0.01)
-    # A corpus prepared without Moses (WMT14 here is SentencePiece on raw text): the scorer
-    # Moses-tokenises both sides before splitting, and must land on the same tokenised strings.
-    raw_hypotheses = ["Das ist ein Staats-Vertrag, sagte er.", "Die Ost-West-Beziehung ist gut."]
-    generate.write_text("".join(f"S-{i}\tx\nT-{i}\t{r}\nH-{i}\t-0.5\t{h}\n"
-                                for i, (h, r) in enumerate(zip(raw_hypotheses, raw))))
-    (tmp_path / "prepare.json").write_text(json.dumps({"references": {"postprocess": []}}))
-    subprocess.run([sys.executable, str(SCRIPTS / "score_translations.py"), "--generate-output", str(generate),
-                    "--data-dir", str(tmp_path), "--tgt-lang", "de", "--compound-split", "--output", str(output)],
-                   check=True, cwd=REPO)
-    raw_results = json.loads(output.read_text())
-    assert raw_results["compound_split_bleu"] == pytest.approx(expected, abs=0.01)
-    assert raw_results["sacrebleu"] == pytest.approx(sacrebleu.corpus_bleu(raw_hypotheses, [raw]).score, abs=0.01)
-    assert raw_results["tokenized_bleu"] is None  # no fairseq summary line in this file

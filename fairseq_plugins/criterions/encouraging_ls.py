@@ -16,6 +16,7 @@ from fairseq.logging import metrics
 from encouraging_loss import EncouragingLossOptions, encouraging_loss
 from encouraging_loss.functional import IMPLS
 from encouraging_loss.options import BONUSES
+from fairseq_plugins.errors import flag_error
 
 
 @dataclass
@@ -43,24 +44,33 @@ class EncouragingLabelSmoothedCrossEntropyConfig(LabelSmoothedCrossEntropyCriter
 class EncouragingLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
     """fairseq's label-smoothed cross-entropy plus rho * the encouraging bonus.
 
-    ``bonus_scale`` multiplies rho; the ``translation_encouraging`` task sets it each update from
-    its bonus schedule. With other tasks it stays 1.
+    ``compute_loss`` (fairseq's hook, which other code calls) returns the same loss and nll as
+    ``forward``. ``set_step`` is how a task steers a step: the ``translation_encouraging`` task
+    passes the fraction of rho its schedule gives and whether to compute the diagnostics; with
+    other tasks rho applies in full and the diagnostics run on every step.
     """
 
     def __init__(self, task, sentence_avg, label_smoothing, ignore_prefix_size=0, report_accuracy=False,
                  bonus_rho=1.0, log_end=0.5, el_label_smoothing=None, bonus="log", bonus_gamma=1.0,
                  bonus_start=0.0, el_impl="auto", el_keep_logits=False):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
-        self.options = EncouragingLossOptions(
-            label_smoothing=label_smoothing, bonus_rho=bonus_rho, log_end=log_end,
-            el_label_smoothing=el_label_smoothing, bonus=str(bonus), bonus_gamma=bonus_gamma,
-            bonus_start=bonus_start)
-        if str(el_impl) not in IMPLS:
-            raise ValueError(f"--el-impl must be one of {', '.join(IMPLS)}, got {el_impl!r}")
-        self.impl = str(el_impl)
+        try:
+            self.options = EncouragingLossOptions(
+                label_smoothing=label_smoothing, bonus_rho=bonus_rho, log_end=log_end,
+                el_label_smoothing=el_label_smoothing, bonus=str(bonus), bonus_gamma=bonus_gamma,
+                bonus_start=bonus_start)
+        except ValueError as error:
+            raise flag_error(error) from None
+        self.impl = str(el_impl)  # ChoiceEnum: fairseq's parser already refused anything else
         self.keep_logits = bool(el_keep_logits)
         self.bonus_scale = 1.0
         self.with_stats = True
+
+    def set_step(self, bonus_scale: float = 1.0, with_stats: bool = True) -> None:
+        """Steers the next steps: rho x ``bonus_scale`` (a schedule's value in [0, 1]) and whether
+        to compute the diagnostics (p_target, margin, ...; --report-accuracy needs them anyway)."""
+        self.bonus_scale = float(bonus_scale)
+        self.with_stats = bool(with_stats)
 
     @property
     def bonus_weight(self) -> float:
@@ -68,7 +78,11 @@ class EncouragingLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCri
 
     def forward(self, model, sample, reduce=True):
         net_output = model(**sample["net_input"])
-        out = self.compute_encouraging_loss(model, net_output, sample, reduce=reduce)
+        # nothing reads the decoder's logits after the loss here (accuracy comes from the stats), so
+        # the fused path may store the gradient in their memory
+        out = self.compute_encouraging_loss(model, net_output, sample, reduce=reduce,
+                                            overwrite_logits=not self.keep_logits,
+                                            with_stats=self.with_stats or self.report_accuracy)
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
         logging_output = {
             "loss": out.loss.data,
@@ -90,22 +104,53 @@ class EncouragingLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCri
                 logging_output["total"] = utils.item(out.stats["tokens"].data)
         return out.loss, sample_size, logging_output
 
-    def compute_encouraging_loss(self, model, net_output, sample, reduce=True):
-        target = model.get_targets(sample, net_output)
-        if getattr(model.decoder, "adaptive_softmax", None) is None:
-            logits = net_output[0]  # raw decoder logits: no float32 log-softmax copy
-            overwrite_logits = not self.keep_logits  # nothing reads them after the loss (accuracy comes from stats)
+    def compute_loss(self, model, net_output, sample, reduce=True):
+        """fairseq's hook: (loss, nll_loss) of this criterion, as ``forward`` computes them. The
+        caller may still read ``net_output`` afterwards, so the logits are left as they are."""
+        out = self.compute_encouraging_loss(model, net_output, sample, reduce=reduce)
+        return out.loss, out.nll_loss
+
+    def compute_accuracy(self, model, net_output, sample):
+        logits, target = self.logits_and_target(model, net_output, sample)
+        scored = target.ne(self.padding_idx)
+        n_correct = logits.argmax(-1).masked_select(scored).eq(target.masked_select(scored)).sum()
+        return n_correct, scored.sum()
+
+    def get_lprobs_and_target(self, model, net_output, sample):
+        """fairseq's hook: flat log-probabilities and target, the prefix removed as the loss removes it."""
+        lprobs, target = self._without_prefix(model.get_normalized_probs(net_output, log_probs=True),
+                                              model.get_targets(sample, net_output))
+        return lprobs.reshape(-1, lprobs.size(-1)), target.reshape(-1)
+
+    def logits_and_target(self, model, net_output, sample):
+        """The scores the loss reads (the decoder's raw logits, or its log-probabilities with an
+        adaptive softmax) and the target, both without the first ``--ignore-prefix-size`` positions."""
+        if self._are_raw_logits(model):
+            scores = net_output[0]  # no float32 log-softmax copy: the loss normalises as it goes
         else:
-            logits = model.get_normalized_probs(net_output, log_probs=True)
-            overwrite_logits = False  # log_softmax saved its output for backward
+            scores = model.get_normalized_probs(net_output, log_probs=True)
+        return self._without_prefix(scores, model.get_targets(sample, net_output))
+
+    def _without_prefix(self, scores, target):
         if self.ignore_prefix_size > 0:
-            logits = logits[:, self.ignore_prefix_size:, :]
-            target = target[:, self.ignore_prefix_size:]
+            return scores[:, self.ignore_prefix_size:, :], target[:, self.ignore_prefix_size:]
+        return scores, target
+
+    @staticmethod
+    def _are_raw_logits(model):
+        return getattr(model.decoder, "adaptive_softmax", None) is None
+
+    def compute_encouraging_loss(self, model, net_output, sample, reduce=True, overwrite_logits=False,
+                                 with_stats=False):
+        """The encouraging loss of ``net_output`` (an ``EncouragingLossOutput``: loss, nll_loss,
+        ce_loss, bonus and, ``with_stats``, the diagnostics), at rho x the current bonus scale.
+        ``overwrite_logits``: the fused path may keep the gradient in the logits' memory (raw
+        logits only: log_softmax saved its output for backward)."""
+        logits, target = self.logits_and_target(model, net_output, sample)
         options = self.options if self.bonus_scale == 1.0 else self.options.with_rho(self.bonus_weight)
         return encouraging_loss(logits, target, options, ignore_index=self.padding_idx,
-                                reduction="sum" if reduce else "none", impl=self.impl,
-                                with_stats=self.with_stats or self.report_accuracy,
-                                overwrite_logits=overwrite_logits)
+                                reduction="sum" if reduce else "none", impl=self.impl, with_stats=with_stats,
+                                overwrite_logits=overwrite_logits and self._are_raw_logits(model))
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:

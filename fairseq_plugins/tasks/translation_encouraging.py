@@ -3,8 +3,8 @@ sparse training diagnostics and BLEU during validation that works on SentencePie
 
 The task is a thin adapter: the schedule is ``encouraging_loss.schedule.BonusSchedule`` (plain
 Python), the loss and the diagnostics are the ``encouraging_ls`` criterion's. The task only tells
-the criterion, on every update, which fraction of rho to apply (``criterion.bonus_scale``) and
-whether to compute the diagnostics (``criterion.with_stats``).
+the criterion, on every step (``criterion.set_step``), which fraction of rho to apply and whether to
+compute the diagnostics.
 """
 import logging
 import os
@@ -18,8 +18,17 @@ from fairseq.tasks.translation import EVAL_BLEU_ORDER, TranslationConfig, Transl
 
 from encouraging_loss.schedule import SCHEDULES, BonusSchedule
 from fairseq_plugins.criterions.encouraging_ls import EncouragingLabelSmoothedCrossEntropyCriterion
+from fairseq_plugins.errors import FlagError, UserInputError, flag_error
 
 logger = logging.getLogger(__name__)
+
+# BonusSchedule's keyword arguments -> the task's flags
+SCHEDULE_FLAGS = {"kind": "--bonus-schedule", "warmup_updates": "--bonus-warmup-updates",
+                  "start_update": "--bonus-start-update", "exp_ratio": "--bonus-exp-ratio"}
+
+
+class DataDirError(UserInputError, FileNotFoundError):
+    """--data, --source-lang or --target-lang do not name fairseq-preprocess output."""
 
 
 @dataclass
@@ -47,11 +56,14 @@ class TranslationEncouragingTask(TranslationTask):
 
     def __init__(self, cfg: TranslationEncouragingConfig, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
-        self.bonus_schedule = BonusSchedule(
-            kind=str(cfg.bonus_schedule), warmup_updates=cfg.bonus_warmup_updates,
-            start_update=cfg.bonus_start_update, exp_ratio=cfg.bonus_exp_ratio)
+        try:
+            self.bonus_schedule = BonusSchedule(
+                kind=str(cfg.bonus_schedule), warmup_updates=cfg.bonus_warmup_updates,
+                start_update=cfg.bonus_start_update, exp_ratio=cfg.bonus_exp_ratio)
+        except ValueError as error:
+            raise flag_error(error, SCHEDULE_FLAGS) from None
         if cfg.diagnostics_interval < 1:
-            raise ValueError(f"--diagnostics-interval must be >= 1, got {cfg.diagnostics_interval}")
+            raise FlagError(f"--diagnostics-interval must be >= 1, got {cfg.diagnostics_interval}")
         # fairseq's num_updates after the last training update seen; validation uses its schedule value
         self.last_num_updates = None
 
@@ -65,12 +77,12 @@ class TranslationEncouragingTask(TranslationTask):
         if not isinstance(criterion, EncouragingLabelSmoothedCrossEntropyCriterion):
             name = getattr(cfg, "_name", type(criterion).__name__)
             if not self.bonus_schedule.is_trivial:
-                raise ValueError(
+                raise FlagError(
                     f"--bonus-schedule {self.cfg.bonus_schedule} / --bonus-start-update "
                     f"{self.cfg.bonus_start_update} schedule the encouraging bonus, but --criterion {name} "
                     "has none: use --criterion encouraging_ls or drop the schedule flags")
             if self.cfg.diagnostics_interval != 1:
-                raise ValueError(f"--diagnostics-interval applies to --criterion encouraging_ls only, "
+                raise FlagError(f"--diagnostics-interval applies to --criterion encouraging_ls only, "
                                  f"not {name}")
         else:
             logger.info(f"bonus weight: rho {criterion.options.bonus_rho} x {self.bonus_schedule}; "
@@ -80,17 +92,16 @@ class TranslationEncouragingTask(TranslationTask):
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         num_updates = update_num + 1  # fairseq passes the updates done so far; this is the next one
         if isinstance(criterion, EncouragingLabelSmoothedCrossEntropyCriterion):
-            criterion.bonus_scale = self.bonus_schedule(num_updates)
-            criterion.with_stats = num_updates % self.cfg.diagnostics_interval == 0
+            criterion.set_step(bonus_scale=self.bonus_schedule(num_updates),
+                               with_stats=num_updates % self.cfg.diagnostics_interval == 0)
         self.last_num_updates = num_updates
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
     def valid_step(self, sample, model, criterion):
         if isinstance(criterion, EncouragingLabelSmoothedCrossEntropyCriterion):
             # before any training update (fairseq-validate) the schedule is taken as complete
-            criterion.bonus_scale = (1.0 if self.last_num_updates is None
-                                     else self.bonus_schedule(self.last_num_updates))
-            criterion.with_stats = True
+            criterion.set_step(bonus_scale=1.0 if self.last_num_updates is None
+                               else self.bonus_schedule(self.last_num_updates), with_stats=True)
         return super().valid_step(sample, model, criterion)
 
     def get_batch_iterator(self, dataset, *args, **kwargs):
@@ -149,12 +160,12 @@ def check_data_dirs(data: str, source_lang, target_lang):
     with a bare FileNotFoundError or 'Could not infer language pair'."""
     for path in utils.split_paths(data):
         if not os.path.isdir(path):
-            raise FileNotFoundError(f"data directory {path} does not exist")
+            raise DataDirError(f"data directory {path} does not exist")
         langs = sorted(name[len("dict."):-len(".txt")] for name in os.listdir(path)
                        if name.startswith("dict.") and name.endswith(".txt"))
         if not langs:
-            raise FileNotFoundError(f"data directory {path} has no dict.*.txt: it is not fairseq-preprocess output")
+            raise DataDirError(f"data directory {path} has no dict.*.txt: it is not fairseq-preprocess output")
         for flag, lang in (("--source-lang", source_lang), ("--target-lang", target_lang)):
             if lang is not None and lang not in langs:
-                raise FileNotFoundError(f"{flag} {lang}: {path} has no dict.{lang}.txt "
+                raise DataDirError(f"{flag} {lang}: {path} has no dict.{lang}.txt "
                                         f"(its languages: {', '.join(langs)})")
