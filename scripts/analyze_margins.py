@@ -4,8 +4,8 @@ logit minus the best other logit) and rank of the target under teacher forcing o
 or more checkpoints. This is the evidence for the encouraging loss's claims about margins and
 well-classified tokens.
 
-  analyze_margins.py MODEL MODEL... --out-dir D [--subset valid|test] [--data-dir DATA] [--log-end 0.5]
-                     [--max-sentences N] [--max-tokens 4096] [--labels A B ...]
+  python -m scripts.analyze_margins MODEL MODEL... --out-dir D [--subset valid|test] [--data-dir DATA] [--log-end 0.5]
+                                     [--max-sentences N] [--max-tokens 4096] [--labels A B ...]
 
 (--max-sentences N: whole batches in fairseq's length order until N sentences; the same for every model.)
 
@@ -30,7 +30,7 @@ import sys
 import numpy as np
 import torch
 
-from atomic_io import write_text_atomically
+from scripts.atomic_io import atomic_open, write_text_atomically
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKETS = (("frequent", 0.5), ("medium", 0.9), ("rare", 1.0))
@@ -155,12 +155,6 @@ def summarise(probability, margin, rank, target, buckets, log_end):
     return summary
 
 
-def save_figure(figure, path):
-    partial = path + ".partial"
-    figure.savefig(partial, format="png", dpi=90)
-    os.replace(partial, path)
-
-
 def plot(per_model, out_dir):
     import logging
 
@@ -186,7 +180,8 @@ def plot(per_model, out_dir):
             axis.legend(fontsize=8)
         figure.tight_layout()
         paths[kind] = os.path.join(out_dir, f"{kind}.png")
-        save_figure(figure, paths[kind])
+        with atomic_open(paths[kind], "wb") as handle:
+            figure.savefig(handle, format="png", dpi=90)
         plt.close(figure)
     return paths
 

@@ -4,8 +4,8 @@ table of test BLEU (mean +- std over seeds, the difference to the first arm, the
 sacreBLEU's paired bootstrap test for every pair of arms (per seed and pooled over seeds), and one
 PNG over all arms (test BLEU per seed, validation curves, the encouraging_ls diagnostics).
 
-  compare.py --recipe NAME --runs RUN_DIR... --out-dir D [--paper-baseline "35.09 +- 0.07"]
-             [--paper-encouraging "35.50 +- 0.11"] [--paper-metric tokenized_bleu] [--bootstrap-samples 1000]
+  python -m scripts.compare --recipe NAME --runs RUN_DIR... --out-dir D [--paper-baseline "35.09 +- 0.07"]
+                            [--paper-encouraging "35.50 +- 0.11"] [--paper-metric tokenized_bleu] [--bootstrap-samples 1000]
 
 Each RUN_DIR is a scripts/train.sh run evaluated by scripts/evaluate.sh (run.json, train.log,
 eval/SUBSET.results.json and the translations beside it). Its arm is arm.json's name when
@@ -25,10 +25,10 @@ import os
 import statistics
 import sys
 
-from atomic_io import write_text_atomically
-from compare_plot import plot
-from score_translations import ScoringError, read_generate_output
-from significance import N_SAMPLES, bleu_metric, in_words, paired_bootstrap
+from scripts.atomic_io import write_text_atomically
+from scripts.compare_plot import plot
+from scripts.score_translations import ScoringError, read_generate_output
+from scripts.significance import N_SAMPLES, bleu_metric, in_words, paired_bootstrap
 
 METRICS = {
     "tokenized_bleu": "tokenised BLEU (fairseq)",
@@ -118,7 +118,7 @@ def translations(run, metric, subset):
     eval_dir = os.path.join(run["dir"], "eval")
     if metric == "tokenized_bleu":
         try:
-            hypotheses, references, _ = read_generate_output(os.path.join(eval_dir, f"{subset}.generate.txt"))
+            hypotheses, references = read_generate_output(os.path.join(eval_dir, f"{subset}.generate.txt"))
         except (ScoringError, OSError) as error:
             raise CompareError(f"{run['dir']}: {error}") from None
         return hypotheses, references

@@ -1,7 +1,7 @@
 """The comparison plot of scripts/compare.py: one figure over all arms, one colour per arm: test BLEU per
 seed with the arm's mean +- std, the validation curves and the target-probability diagnostics that
 the encouraging_ls criterion logs (p_target, p_gt_half, margin)."""
-import os
+from scripts.atomic_io import atomic_open
 
 PANELS = [
     ("valid", "valid_nll_loss", "valid_num_updates", "validation NLL (bits/token)"),
@@ -64,7 +64,6 @@ def plot(runs, arms, path, recipe, metric, metric_labels):
         figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8)
     figure.suptitle(f"{recipe}: {len(arms)} arms (one line per seed)")
     figure.tight_layout(rect=(0, 0.06, 1, 1))
-    temporary = path + ".partial"
-    figure.savefig(temporary, format="png", dpi=90)
+    with atomic_open(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=90)
     plt.close(figure)
-    os.replace(temporary, path)

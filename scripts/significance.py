@@ -23,7 +23,7 @@ LEVEL = 0.05
 def bleu_metric(tokenized, lowercase=False):
     """tokenized=True: BLEU on text already split at spaces (fairseq's tokenised BLEU); else sacreBLEU's 13a."""
     if tokenized:
-        return sacrebleu.BLEU(tokenize="none", force=True)
+        return sacrebleu.BLEU(tokenize="none", smooth_method="none", force=True)  # as score_translations.tokenised_bleu
     return sacrebleu.BLEU(lowercase=lowercase)
 
 

@@ -2,7 +2,7 @@
 """A sweep over encouraging-loss settings: trains (scripts/train.sh), evaluates (scripts/evaluate.sh)
 and compares (scripts/compare.py) every arm over every seed, resuming what is done.
 
-  sweep.py --recipe demo --arms baseline le=0.5 le=0.75,rho=0.5 schedule=linear,warmup=300 --seeds 1-3
+  python -m scripts.sweep --recipe demo --arms baseline le=0.5 le=0.75,rho=0.5 schedule=linear,warmup=300 --seeds 1-3
 
 An arm is `baseline` (label-smoothed CE) or a comma-separated list of settings of the encouraging
 loss, optionally with training settings; `baseline,epochs=6` is a baseline trained longer. Keys:
@@ -28,7 +28,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from atomic_io import write_text_atomically
+from scripts.atomic_io import write_text_atomically
 
 SCRIPTS = os.path.dirname(os.path.abspath(__file__))
 ENCOURAGING_KEYS = {
@@ -234,10 +234,11 @@ def main(argv=None):
     if args.no_compare:
         return 0
     out_dir = args.out_dir or os.path.join(args.runs_dir, args.recipe)
-    command = [sys.executable, os.path.join(SCRIPTS, "compare.py"), "--recipe", args.recipe, "--subset", args.subset,
+    command = [sys.executable, "-m", "scripts.compare", "--recipe", args.recipe, "--subset", args.subset,
                "--out-dir", out_dir, "--paper-metric", args.paper_metric, "--paper-baseline", args.paper_baseline,
                "--paper-encouraging", args.paper_encouraging, "--runs", *[run_dir for run_dir, _ in outcomes]]
-    return subprocess.call(command)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.path.dirname(SCRIPTS), os.environ.get("PYTHONPATH")])))
+    return subprocess.call(command, env=env)
 
 
 if __name__ == "__main__":

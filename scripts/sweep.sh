@@ -8,7 +8,7 @@ usage() {
 Usage: scripts/sweep.sh RECIPE --arms ARM... [--seeds 1-3] [--jobs N] [--runs-dir D] [--out-dir D] [--data-dir D] [-- extra fairseq-train args]
 
   --arms ARM...  `baseline` and encouraging-loss settings such as le=0.75 or rho=0.5,schedule=linear,warmup=300
-                 (keys and naming: scripts/sweep.py -h); every pair of arms is compared
+                 (keys and naming: python -m scripts.sweep -h); every pair of arms is compared
   --seeds S      1-3 (default) or 1,3,5
   --jobs N       runs trained side by side (default $SWEEP_JOBS or 1), each with
                  $SWEEP_THREADS_PER_RUN (default 1) torch threads
@@ -28,5 +28,5 @@ source "$(dirname "${BASH_SOURCE[0]}")/recipe_lib.sh"
 [[ $# -gt 0 && "$1" != -* ]] || { usage >&2; die "missing RECIPE (known: $(known_recipes)); it comes first"; }
 recipe=$1; shift
 load_recipe "$recipe"
-exec "$PYTHON" "$REPO_ROOT/scripts/sweep.py" --recipe "$RECIPE" --subset "$EVAL_SUBSET" \
+exec "$PYTHON" -m scripts.sweep --recipe "$RECIPE" --subset "$EVAL_SUBSET" \
   --paper-metric "$PAPER_METRIC" --paper-baseline "$PAPER_BASELINE" --paper-encouraging "$PAPER_ENCOURAGING" "$@"

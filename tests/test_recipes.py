@@ -130,7 +130,8 @@ def test_compare_table_and_plot(demo):
     eval_dirs = [out / "runs" / "demo" / ARM_DIRS[loss] / "seed1" / "eval" / "test.generate.txt"
                  for loss in ("baseline", "encouraging")]
     hypotheses = [generate_lines(path, "H-") for path in eval_dirs]
-    bleu = [sacrebleu.corpus_bleu(h, [generate_lines(eval_dirs[0], "T-")], tokenize="none", force=True).score
+    bleu = [sacrebleu.corpus_bleu(h, [generate_lines(eval_dirs[0], "T-")], tokenize="none", smooth_method="none",
+                                  force=True).score
             for h in hypotheses]
     assert test["pooled"]["delta"] == pytest.approx(bleu[1] - bleu[0], abs=0.011)
     assert 0 < test["pooled"]["p_value"] <= 1 and test["pooled"]["ci_low"] <= test["pooled"]["delta"] <= test["pooled"]["ci_high"]
@@ -163,7 +164,7 @@ def test_compare_mean_and_std_over_seeds(tmp_path):
                 '2026-01-01 00:00:00 | INFO | valid | {"epoch": 1, "valid_nll_loss": "3.1", '
                 '"valid_p_target": "0.4", "valid_p_gt_half": "0.3", "valid_num_updates": "10"}\n')
             runs.append(str(run))
-    proc = subprocess.run([sys.executable, str(SCRIPTS / "compare.py"), "--recipe", "x", "--runs", *runs,
+    proc = subprocess.run([sys.executable, "-m", "scripts.compare", "--recipe", "x", "--runs", *runs,
                            "--out-dir", str(tmp_path / "out"), "--paper-baseline", "35.09 +- 0.07",
                            "--paper-encouraging", "35.50 +- 0.11", "--no-significance"],
                           capture_output=True, text=True, cwd=REPO)

@@ -10,8 +10,7 @@ import pytest
 
 from tests.conftest import REPO
 
-sys.path.insert(0, str(REPO / "scripts"))
-from sweep import SweepError, parse_arm  # noqa: E402
+from scripts.sweep import SweepError, parse_arm
 
 FAKE_TRAIN = r"""#!/usr/bin/env bash
 set -euo pipefail
