@@ -7,20 +7,30 @@ dL/dz_k = w_k g(p_k) - p_k * sum_j w_j g(p_j). Writing g directly keeps it finit
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
-from .options import MAX_LOG_END, EncouragingLossOptions
+from .options import EncouragingLossOptions
 
 
-def bonus_value(p: torch.Tensor, one_minus_p: torch.Tensor, options: EncouragingLossOptions) -> torch.Tensor:
-    """b(p), shifted by b(bonus_start) and zero below it. Differentiable (the reference path uses it)."""
-    value = _raw_bonus(p, one_minus_p, options)
+def bonus_offset(options: EncouragingLossOptions) -> torch.Tensor:
+    """b(bonus_start) before shifting, the amount every path subtracts above bonus_start, as a
+    0-dim float64 CPU tensor: it mixes with tensors on any device, and torch.compile traces it
+    without a .item() (a graph break)."""
+    start = torch.tensor(options.bonus_start, dtype=torch.float64)
+    return _raw_bonus(start, 1.0 - start, options.bonus, options.clamped_log_end, options.bonus_gamma)
+
+
+def bonus_value(p: torch.Tensor, one_minus_p: torch.Tensor, options: EncouragingLossOptions,
+                log_p: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """b(p), shifted by b(bonus_start) and zero below it. Differentiable (the reference path uses it).
+
+    ``log_p``, when given, is log p: the power bonus is then exp(gamma log p), whose gradient stays
+    finite at p = 0 (a -inf logit), where autograd through p ** gamma would give 0 * inf."""
+    value = _raw_bonus(p, one_minus_p, options.bonus, options.clamped_log_end, options.bonus_gamma, log_p)
     if options.bonus_start > 0:
-        start = options.bonus_start
-        offset = _raw_bonus(torch.tensor(start, dtype=torch.float64),
-                            torch.tensor(1.0 - start, dtype=torch.float64), options).item()
-        value = torch.where(p >= start, value - offset, torch.zeros_like(value))
+        value = torch.where(p >= options.bonus_start, value - bonus_offset(options), torch.zeros_like(value))
     return value
 
 
@@ -30,7 +40,7 @@ def bonus_value_and_slope(p: torch.Tensor, one_minus_p: torch.Tensor, options: E
     kind = options.bonus
     if kind == "log":
         # p * b'(p) = -p / (1 - min(p, LE))
-        slope = p / one_minus_p.clamp_min(1.0 - min(options.log_end, MAX_LOG_END))
+        slope = p / one_minus_p.clamp_min(1.0 - options.clamped_log_end)
         slope.neg_()
     elif kind == "power":
         slope = p.pow(options.bonus_gamma).mul_(-options.bonus_gamma)
@@ -41,17 +51,15 @@ def bonus_value_and_slope(p: torch.Tensor, one_minus_p: torch.Tensor, options: E
     return value, slope
 
 
-def _raw_bonus(p, one_minus_p, options):
-    kind = options.bonus
+def _raw_bonus(p, one_minus_p, kind, log_end, gamma, log_p=None):
     if kind == "log":
         # log(1 - p) up to p = LE, then its tangent log(1 - LE) - (p - LE) / (1 - LE), written as
         # 1 - (1 - p) / (1 - LE) because 1 - p is known more precisely than p near 1.
         # One branch per element (torch.where): at p = LE exactly, two clamps would both pass gradient.
-        end = min(options.log_end, MAX_LOG_END)
-        follows_log = one_minus_p >= 1.0 - end
+        follows_log = one_minus_p >= 1.0 - log_end
         log_part = torch.log(torch.where(follows_log, one_minus_p, torch.ones_like(one_minus_p)))
-        tangent = (math.log(1.0 - end) - 1.0) + one_minus_p / (1.0 - end)
+        tangent = (math.log(1.0 - log_end) - 1.0) + one_minus_p / (1.0 - log_end)
         return torch.where(follows_log, log_part, tangent)
     if kind == "power":
-        return -p.pow(options.bonus_gamma)
+        return -(p.pow(gamma) if log_p is None else torch.exp(gamma * log_p))
     return torch.cos(p * math.pi) - 1.0

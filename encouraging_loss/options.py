@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
+from numbers import Real
 from typing import Optional
 
 BONUSES = ("log", "power", "cosine")
@@ -12,11 +14,32 @@ BONUSES = ("log", "power", "cosine")
 MAX_LOG_END = 1.0 - 2.0**-24
 
 
+class OptionError(ValueError):
+    """A keyword argument of the library out of its range; ``field`` is the keyword's name.
+
+    Adapters translate ``field`` into their own spelling (fairseq: ``--log-end`` for ``log_end``).
+    """
+
+    def __init__(self, field: str, requirement: str, value):
+        self.field, self.requirement, self.value = field, requirement, value
+        super().__init__(f"{field} must be {requirement}, got {value!r}")
+
+
+def check_option(ok: bool, field: str, requirement: str, value) -> None:
+    if not ok:
+        raise OptionError(field, requirement, value)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @dataclass(frozen=True)
 class EncouragingLossOptions:
     """Settings of L = CE_ls(eps) + rho * [(1 - eps_b) b(p_y) + eps_b / V * sum_j b(p_j)].
 
-    Each field's error message names the fairseq flag that sets it.
+    Every float field must be a finite number in its range; a bad one raises ``OptionError``
+    naming the field.
     """
 
     label_smoothing: float = 0.0
@@ -28,24 +51,28 @@ class EncouragingLossOptions:
     bonus_start: float = 0.0
 
     def __post_init__(self):
-        def check(ok, flag, requirement, value):
-            if not ok:
-                raise ValueError(f"--{flag} must be {requirement}, got {value!r}")
+        def check(field, requirement, in_range):
+            value = getattr(self, field)
+            check_option(_is_number(value) and in_range(value), field, requirement, value)
 
-        check(0.0 <= self.label_smoothing < 1.0, "label-smoothing", "in [0, 1)", self.label_smoothing)
+        check("label_smoothing", "in [0, 1)", lambda v: 0.0 <= v < 1.0)
         if self.el_label_smoothing is not None:
-            check(0.0 <= self.el_label_smoothing < 1.0, "el-label-smoothing", "in [0, 1)",
-                  self.el_label_smoothing)
-        check(self.bonus_rho >= 0.0, "bonus-rho", ">= 0", self.bonus_rho)
-        check(self.bonus in BONUSES, "bonus", f"one of {', '.join(BONUSES)}", self.bonus)
-        check(0.0 < self.log_end <= 1.0, "log-end", "in (0, 1]", self.log_end)
-        check(self.bonus_gamma > 0.0, "bonus-gamma", "> 0", self.bonus_gamma)
-        check(0.0 <= self.bonus_start < 1.0, "bonus-start", "in [0, 1)", self.bonus_start)
+            check("el_label_smoothing", "in [0, 1)", lambda v: 0.0 <= v < 1.0)
+        check("bonus_rho", "a finite number >= 0", lambda v: v >= 0.0)
+        check_option(self.bonus in BONUSES, "bonus", f"one of {', '.join(BONUSES)}", self.bonus)
+        check("log_end", "in (0, 1]", lambda v: 0.0 < v <= 1.0)
+        check("bonus_gamma", "a finite number > 0", lambda v: v > 0.0)
+        check("bonus_start", "in [0, 1)", lambda v: 0.0 <= v < 1.0)
 
     @property
     def bonus_smoothing(self) -> float:
         """eps_b, the smoothing of the bonus term."""
         return self.label_smoothing if self.el_label_smoothing is None else self.el_label_smoothing
+
+    @property
+    def clamped_log_end(self) -> float:
+        """LE as the formulas use it: at most MAX_LOG_END."""
+        return min(self.log_end, MAX_LOG_END)
 
     def with_rho(self, bonus_rho: float) -> "EncouragingLossOptions":
         return dataclasses.replace(self, bonus_rho=bonus_rho)
@@ -59,3 +86,9 @@ def smoothing_weights(label_smoothing: float, vocab_size: int):
     """
     eps_i = label_smoothing / (vocab_size - 1) if vocab_size > 1 else 0.0
     return 1.0 - label_smoothing - eps_i, eps_i
+
+
+def bonus_weights(options: EncouragingLossOptions, vocab_size: int):
+    """(w_y, w_j for j != y) of the bonus bracket (1 - eps_b) b(p_y) + eps_b / V sum_j b(p_j)."""
+    others_weight = options.bonus_smoothing / vocab_size
+    return 1.0 - options.bonus_smoothing + others_weight, others_weight

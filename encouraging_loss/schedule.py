@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from numbers import Real
+
+from .options import check_option
 
 SCHEDULES = ("constant", "linear", "exp", "cosine")
 
 
 @dataclass(frozen=True)
 class BonusSchedule:
-    """The factor s(n) in [0, 1] that multiplies rho on update ``n``.
+    """The factor s(n) in [0, 1] that multiplies rho on update ``n``; a bad field raises
+    ``options.OptionError`` naming it.
 
     ``n`` counts updates from 1, as fairseq logs them (``num_updates`` after the update). With
     K = ``start_update`` and N = ``warmup_updates``:
@@ -38,17 +42,16 @@ class BonusSchedule:
     exp_ratio: float = 5.0
 
     def __post_init__(self):
-        if self.kind not in SCHEDULES:
-            raise ValueError(f"--bonus-schedule must be one of {', '.join(SCHEDULES)}, got {self.kind!r}")
-        if self.warmup_updates < 0:
-            raise ValueError(f"--bonus-warmup-updates must be >= 0, got {self.warmup_updates}")
-        if self.start_update < 0:
-            raise ValueError(f"--bonus-start-update must be >= 0, got {self.start_update}")
-        if self.kind == "constant" and self.warmup_updates != 0:
-            raise ValueError(f"--bonus-warmup-updates {self.warmup_updates} needs a --bonus-schedule "
-                             "(linear, exp or cosine); the constant schedule has no warm-up")
-        if not (self.exp_ratio > 0 and math.isfinite(self.exp_ratio)):
-            raise ValueError(f"--bonus-exp-ratio must be a positive number, got {self.exp_ratio}")
+        check_option(self.kind in SCHEDULES, "kind", f"one of {', '.join(SCHEDULES)}", self.kind)
+        for field in ("warmup_updates", "start_update"):
+            value = getattr(self, field)
+            check_option(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                         field, "an integer >= 0", value)
+        check_option(self.kind != "constant" or self.warmup_updates == 0, "warmup_updates",
+                     "0 unless a warm-up schedule (linear, exp or cosine) is chosen", self.warmup_updates)
+        check_option(isinstance(self.exp_ratio, Real) and not isinstance(self.exp_ratio, bool)
+                     and math.isfinite(self.exp_ratio) and self.exp_ratio > 0, "exp_ratio",
+                     "a finite number > 0", self.exp_ratio)
 
     @property
     def is_trivial(self) -> bool:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from encouraging_loss import EncouragingLoss, EncouragingLossOptions, encouraging_loss
+from encouraging_loss import EncouragingLoss, EncouragingLossOptions, OptionError, encouraging_loss
 
 IMPLS = ("fused", "reference")
 OPTION_CASES = [
@@ -93,7 +93,7 @@ def test_matches_naive_formula(impl, case, shape, vocab):
 def test_nll_ce_and_bonus_parts(impl, case):
     opts = EncouragingLossOptions(**OPTION_CASES[case])
     logits, target = random_batch((20,), 11, pad=0, seed=100 + case)
-    out = encouraging_loss(logits, target, opts, ignore_index=0, impl=impl)
+    out = encouraging_loss(logits, target, opts, ignore_index=0, reduction="sum", impl=impl)
     valid = target.ne(0)
     log_p = torch.log_softmax(logits, -1)
     nll = -log_p.gather(-1, target.unsqueeze(-1)).squeeze(-1)
@@ -123,7 +123,7 @@ def test_gradient_on_target_logit_is_minus_one_for_plain_bonus():
     target = torch.tensor([0, 1, 0])
     for impl in IMPLS:
         x = logits.clone().requires_grad_(True)
-        encouraging_loss(x, target, log_end=1.0, impl=impl).loss.backward()
+        encouraging_loss(x, target, log_end=1.0, reduction="sum", impl=impl).loss.backward()
         torch.testing.assert_close(x.grad.gather(-1, target.unsqueeze(-1)).squeeze(-1),
                                    torch.full((3,), -1.0, dtype=torch.float64))
 
@@ -187,30 +187,38 @@ def test_all_padding_gives_zero_loss_and_gradient():
 
 def test_module_matches_functional_and_keeps_last_output():
     logits, target = random_batch((4, 6), 12, pad=-100, seed=5)
-    module = EncouragingLoss(label_smoothing=0.1, log_end=0.5, reduction="mean")
+    module = EncouragingLoss(label_smoothing=0.1, log_end=0.5)
     loss = module(logits, target)
     expected = encouraging_loss(logits, target, label_smoothing=0.1, log_end=0.5, reduction="mean").loss
     torch.testing.assert_close(loss, expected)
-    assert module.last_output.loss is loss
+    torch.testing.assert_close(module.last_output.loss, loss)
     assert "log_end=0.5" in repr(module)
 
 
-@pytest.mark.parametrize("field,value,flag", [
-    ("log_end", 0.0, "--log-end"), ("log_end", 1.5, "--log-end"),
-    ("label_smoothing", 1.0, "--label-smoothing"), ("label_smoothing", -0.1, "--label-smoothing"),
-    ("el_label_smoothing", 1.2, "--el-label-smoothing"), ("bonus_rho", -1.0, "--bonus-rho"),
-    ("bonus", "square", "--bonus"), ("bonus_gamma", 0.0, "--bonus-gamma"), ("bonus_start", 1.0, "--bonus-start"),
+@pytest.mark.parametrize("field,value,requirement", [
+    ("log_end", 0.0, "in (0, 1]"), ("log_end", 1.5, "in (0, 1]"),
+    ("label_smoothing", 1.0, "in [0, 1)"), ("label_smoothing", -0.1, "in [0, 1)"),
+    ("el_label_smoothing", 1.2, "in [0, 1)"), ("bonus_rho", -1.0, "a finite number >= 0"),
+    ("bonus", "square", "one of log, power, cosine"), ("bonus_gamma", 0.0, "a finite number > 0"),
+    ("bonus_start", 1.0, "in [0, 1)"),
 ])
-def test_bad_options_name_the_flag(field, value, flag):
-    with pytest.raises(ValueError, match=f"^{flag} must be"):
+def test_bad_options_name_the_keyword(field, value, requirement):
+    with pytest.raises(OptionError) as caught:
         EncouragingLossOptions(**{field: value})
+    error = caught.value
+    assert (error.field, error.requirement, error.value) == (field, requirement, value)
+    assert str(error) == f"{field} must be {requirement}, got {value!r}"
+    assert isinstance(error, ValueError)
 
 
 def test_shape_mismatch_and_bad_impl_are_clear_errors():
-    with pytest.raises(ValueError, match="trailing vocabulary dimension"):
+    with pytest.raises(ValueError, match="class_dim=1"):
         encouraging_loss(torch.randn(3, 5), torch.zeros(4, dtype=torch.long))
-    with pytest.raises(ValueError, match="--el-impl"):
+    with pytest.raises(OptionError, match=r"^impl must be one of auto, fused, reference, got 'fast'$") as caught:
         encouraging_loss(torch.randn(3, 5), torch.zeros(3, dtype=torch.long), impl="fast")
+    assert caught.value.field == "impl"
+    with pytest.raises(OptionError, match="^reduction must be"):
+        EncouragingLoss(reduction="average")
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -5,8 +5,8 @@ the others' exp-sum, the others' max, the row sum; (2) sum_j b(p_j) and S = sum_
 with the row's logsumexp now known; (3) the gradient, written once in the logits' dtype. Passes
 2 and 3 re-read a row that pass 1 has just brought into L2, so DRAM sees about one read of the
 logits and one write of the gradient, the bandwidth floor. It fills the same per-row sums as the
-chunked PyTorch sweep (fused_chunked._ROW_SUMS); the loss parts, diagnostics and backward are
-shared with it. fp16 gradients get a per-row power-of-two scale chosen from an upper bound of
+chunked PyTorch sweep (rows.RowSums); the loss parts, diagnostics and backward are
+shared with it (rows.py, fused.py). fp16 gradients get a per-row power-of-two scale chosen from an upper bound of
 the row's largest entry, which is known before pass 3 writes anything.
 Pass 3 reads each tile before it writes the tile's gradient, so the gradient may take the
 logits' place (``overwrite_logits``).
@@ -17,7 +17,6 @@ check it on machines without a GPU.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
@@ -28,9 +27,9 @@ try:  # the kernels are defined only where Triton is installed
 except ImportError:
     triton = tl = None
 
-from ..bonus import bonus_value
-from ..options import MAX_LOG_END, EncouragingLossOptions, smoothing_weights
-from ..stats import RowTerms
+from ..bonus import bonus_offset
+from ..options import bonus_weights, smoothing_weights
+from .rows import FP16_GRAD_HEADROOM, MAX_GRAD_ROW_SCALE, RowSums
 
 BONUS_CODES = {"log": 0, "power": 1, "cosine": 2}
 # Tile width in elements: wide enough for full-width vector loads, small enough for registers.
@@ -42,49 +41,29 @@ def triton_available() -> bool:
     return triton is not None and torch.cuda.is_available()
 
 
-def triton_row_terms(logits, target, valid, options: EncouragingLossOptions, row_weight=None,
-                     with_stats: bool = True, overwrite_logits: bool = False) -> RowTerms:
-    """fused_row_terms with the Triton sweep (same arguments and results); float64 logits keep
-    the chunked sweep, the kernel's math being float32."""
-    from .fused_chunked import fused_row_terms
-    sweep = "chunked" if logits.dtype == torch.float64 else "triton"
-    return fused_row_terms(logits, target, valid, options, row_weight=row_weight, with_stats=with_stats,
-                           sweep=sweep, overwrite_logits=overwrite_logits)
-
-
 def triton_sweep(logits, index, options, sums, grad, grad_weight, grad_row_scale):
-    """Fills ``sums`` (fused_chunked._ROW_SUMS, float32) and, when given, ``grad`` for all rows."""
-    from .fused_chunked import FP16_GRAD_HEADROOM
-
+    """Fills ``sums`` (float32) and, when ``grad`` is given, writes the gradient, for all rows."""
     rows, vocab = logits.shape
     if rows == 0:
         return
-    if any(part.dtype != torch.float32 for part in sums.values()):
+    if any(part.dtype != torch.float32 for part in sums):
         raise TypeError("the Triton sweep computes in float32; float64 logits take the chunked sweep")
-    nll_weight, smooth_weight = smoothing_weights(options.label_smoothing, vocab)
-    eps_b = options.bonus_smoothing
-    others_weight = eps_b / vocab
-    end = min(options.log_end, MAX_LOG_END)
-    offset = 0.0
-    if options.bonus_start > 0:
-        # b is shifted by its value at bonus_start, so that it starts from 0 continuously
-        unshifted = dataclasses.replace(options, bonus_start=0.0)
-        start = torch.tensor(options.bonus_start, dtype=torch.float64)
-        offset = bonus_value(start, 1.0 - start, unshifted).item()
-    with_grad = grad is not None
-    dummy = sums["others_sum"]  # stands in for the pointers a launch without gradient ignores
-    block = min(MAX_BLOCK, _next_power_of_two(vocab))
     if triton is None:
         raise RuntimeError("the Triton sweep needs the triton package (pip install triton)")
+    nll_weight, smooth_weight = smoothing_weights(options.label_smoothing, vocab)
+    target_weight, others_weight = bonus_weights(options, vocab)
+    with_grad = grad is not None
+    dummy = sums.others_sum  # stands in for the pointers a launch without gradient ignores
+    block = min(MAX_BLOCK, _next_power_of_two(vocab))
     _encouraging_rows[(rows,)](
         logits, index.reshape(-1), grad_weight if with_grad else dummy, grad if with_grad else dummy,
         grad_row_scale if grad_row_scale is not None else dummy,
-        sums["shifted_sum"], sums["target_shifted"], sums["others_max"], sums["others_sum"],
-        sums["others_bonus"],
+        *sums,
         vocab, logits.stride(0),
-        nll_weight, smooth_weight, 1.0 - eps_b + others_weight, others_weight, options.bonus_rho,
-        end, options.bonus_gamma, options.bonus_start, offset, FP16_GRAD_HEADROOM,
-        BONUS=BONUS_CODES[options.bonus], HAS_START=options.bonus_start > 0, OTHERS=eps_b != 0.0,
+        nll_weight, smooth_weight, target_weight, others_weight, options.bonus_rho,
+        options.clamped_log_end, options.bonus_gamma, options.bonus_start, float(bonus_offset(options)),
+        FP16_GRAD_HEADROOM, MAX_GRAD_ROW_SCALE,
+        BONUS=BONUS_CODES[options.bonus], HAS_START=options.bonus_start > 0, OTHERS=others_weight != 0.0,
         WITH_GRAD=with_grad, ROW_SCALE=grad_row_scale is not None, BLOCK=block,
         num_warps=8 if block >= 2048 else 4,
     )
@@ -125,7 +104,7 @@ if triton is not None:
         shifted_sum_ptr, target_shifted_ptr, others_max_ptr, others_sum_ptr, others_bonus_ptr,
         vocab, row_stride,
         nll_weight, smooth_weight, target_weight, others_weight, rho,
-        log_end, gamma, start, offset, headroom,
+        log_end, gamma, start, offset, headroom, max_scale,
         BONUS: tl.constexpr, HAS_START: tl.constexpr, OTHERS: tl.constexpr,
         WITH_GRAD: tl.constexpr, ROW_SCALE: tl.constexpr, BLOCK: tl.constexpr,
     ):
@@ -145,8 +124,10 @@ if triton is not None:
             z = tl.load(row_logits + cols, mask=inside, other=float("-inf")).to(tl.float32)
             others = tl.where(cols == target, float("-inf"), z)
             new_max = tl.maximum(row_max, tl.max(z, axis=0))
-            others_exp_sum = (others_exp_sum * tl.exp(row_max - new_max)
-                              + tl.sum(tl.exp(others - new_max), axis=0))
+            # While every logit so far is -inf (masked classes) the shift is 0, not -inf - -inf = nan.
+            shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+            others_exp_sum = (others_exp_sum * tl.exp(row_max - shift)
+                              + tl.sum(tl.exp(others - shift), axis=0))
             others_max = tl.maximum(others_max, tl.max(others, axis=0))
             row_sum += tl.sum(tl.where(inside, z, 0.0), axis=0)
             row_max = new_max
@@ -176,7 +157,7 @@ if triton is not None:
         tl.store(others_bonus_ptr + row, others_bonus)
 
         if WITH_GRAD:
-            # dL/dz_k = weight [p_k (1 - rho S) + rho w_k p_k b'(p_k) - q_k], as in _chunk.
+            # dL/dz_k = weight [p_k (1 - rho S) + rho w_k p_k b'(p_k) - q_k], as in chunked._chunk.
             weight = tl.load(weight_ptr + row)
             target_prob = target_exp * inv_total
             _, target_slope = _bonus_and_slope(target_prob, others_exp_sum * inv_total, log_end,
@@ -190,7 +171,7 @@ if triton is not None:
                 others_peak = tl.abs(weight) * (tl.exp(others_max - row_max) * inv_total * tl.abs(probs_factor)
                                                 + rho * others_weight * others_slope_peak + smooth_weight)
                 peak = tl.maximum(tl.maximum(tl.abs(target_grad), others_peak), 1e-30)
-                scale = tl.minimum(tl.maximum(tl.exp2(tl.floor(tl.log2(headroom / peak))), 1.0), 1099511627776.0)
+                scale = tl.minimum(tl.maximum(tl.exp2(tl.floor(tl.log2(headroom / peak))), 1.0), max_scale)
                 tl.store(scale_ptr + row, scale)
             row_grad = grad_ptr + row * vocab
             for tile in range(0, vocab, BLOCK):

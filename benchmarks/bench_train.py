@@ -7,11 +7,12 @@ It generates a synthetic parallel corpus (Zipf-distributed words, so that the vo
 with it the output layer and the loss, is realistically large), binarises it with
 fairseq-preprocess, then runs fairseq-train once per setting with the same data, seed and
 flags. Words/second is fairseq's own "wps" (median over the logged intervals after the first);
-peak memory is the training process's peak resident set (CPU); on CUDA the column is the lowest
-free GPU memory fairseq logged (gb_free), its only GPU memory figure. Ratios are against the baseline of the same invocation.
+peak memory is the training process's peak resident set on CPU, and on CUDA the peak of memory
+allocated by torch (torch.cuda.max_memory_allocated, read by the training process itself as it
+exits). Ratios are against the baseline of the same invocation.
 
-    python scripts/bench_train.py                      # CPU, ~16k vocabulary, 60 updates each
-    python scripts/bench_train.py --max-update 200 --vocab 32000 --workdir /tmp/bench
+    python -m benchmarks.bench_train                   # CPU, ~16k vocabulary, 60 updates each
+    python -m benchmarks.bench_train --max-update 200 --vocab 32000 --workdir /tmp/bench
 """
 from __future__ import annotations
 
@@ -25,8 +26,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import REPO, repo_env, split_list
+from scripts.atomic_io import write_text_atomically
+
 BIN = Path(sys.executable).parent
+CUDA_PEAK_KEY = "cuda_peak_allocated_mb"
 SETTINGS = {  # name: criterion flags
     "baseline": ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"],
     "reference": ["--criterion", "encouraging_ls", "--label-smoothing", "0.1", "--log-end", "0.5",
@@ -59,10 +63,13 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--train-worker"]:
+        return train_worker(argv[1:])
     args = parse_args(argv)
     import torch
 
-    settings = [name.strip() for name in args.settings.split(",") if name.strip()]
+    settings = split_list(args.settings)
     unknown = sorted(set(settings) - set(SETTINGS))
     if unknown:
         raise SystemExit(f"--settings: unknown {', '.join(unknown)}; choose from {', '.join(SETTINGS)}")
@@ -86,10 +93,21 @@ def main(argv=None):
     table = format_table(rows)
     print(table)
     if args.output is not None:
-        partial = args.output.with_name(args.output.name + ".partial")
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(table + "\n\n```json\n" + json.dumps(rows, indent=1) + "\n```\n")
-        partial.replace(args.output)
+        write_text_atomically(args.output, table + "\n\n```json\n" + json.dumps(rows, indent=1) + "\n```\n")
+    return 0
+
+
+def train_worker(fairseq_args):
+    """fairseq-train in this process, then its peak of CUDA memory allocated, as one JSON line."""
+    import torch
+    from fairseq_cli.train import cli_main
+
+    sys.argv = ["fairseq-train", *fairseq_args]
+    try:
+        cli_main()
+    finally:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            print(json.dumps({CUDA_PEAK_KEY: torch.cuda.max_memory_allocated() / 2**20}), flush=True)
     return 0
 
 
@@ -124,7 +142,9 @@ def write_zipf_corpus(directory: Path, vocab: int, sentences: int, seed: int):
 
 def train(name, data_bin, workdir, args, cuda):
     log = workdir / f"train-{name}.log"
-    command = [BIN / "fairseq-train", data_bin, "--user-dir", REPO / "fairseq_plugins",
+    # fairseq-train run by train_worker, so that the process itself can report its CUDA peak
+    command = [sys.executable, "-m", "benchmarks.bench_train", "--train-worker",
+               data_bin, "--user-dir", REPO / "fairseq_plugins",
                "--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1",
                "--encoder-embed-dim", str(args.embed_dim), "--decoder-embed-dim", str(args.embed_dim),
                "--encoder-ffn-embed-dim", str(2 * args.embed_dim), "--decoder-ffn-embed-dim", str(2 * args.embed_dim),
@@ -142,19 +162,23 @@ def train(name, data_bin, workdir, args, cuda):
     if len(intervals) < 2:
         return dict(setting=name, error=f"fewer than two logged intervals in {log}; raise --max-update")
     wps = statistics.median(float(entry["wps"]) for entry in intervals[1:])
-    # On CUDA fairseq logs free GPU memory (gb_free), not the process's peak; report that minimum.
-    peak_mb = (min(float(entry.get("gb_free", "nan")) for entry in intervals) * 1024 if cuda
-               else rusage.ru_maxrss / 1024)
-    return dict(setting=name, wps=wps, peak_mb=peak_mb, last_loss=float(intervals[-1]["loss"]),
+    if cuda:
+        peaks = [json.loads(line)[CUDA_PEAK_KEY] for line in log.read_text().splitlines()
+                 if line.startswith("{") and CUDA_PEAK_KEY in line]
+        if not peaks:
+            return dict(setting=name, error=f"no {CUDA_PEAK_KEY} line in {log}")
+        peak_mb = peaks[-1]
+    else:
+        peak_mb = rusage.ru_maxrss / 1024
+    return dict(setting=name, cuda=cuda, wps=wps, peak_mb=peak_mb, last_loss=float(intervals[-1]["loss"]),
                 intervals=len(intervals), log=str(log))
 
 
 def run(command, log: Path, check=True):
     """Runs a command with its output in ``log``; returns (its own rusage, return code)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     with open(log, "w") as handle:
-        proc = subprocess.Popen([str(part) for part in command], stdout=handle, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen([str(part) for part in command], stdout=handle, stderr=subprocess.STDOUT,
+                                env=repo_env(PYTHONUNBUFFERED="1"))
         _, status, rusage = os.wait4(proc.pid, 0)  # this child's rusage alone (peak RSS)
     returncode = os.waitstatus_to_exitcode(status)
     proc.returncode = returncode
@@ -165,7 +189,8 @@ def run(command, log: Path, check=True):
 
 def format_table(rows):
     base = next((r for r in rows if r["setting"] == "baseline" and "error" not in r), None)
-    lines = ["| setting | words/s | x baseline | peak memory (MB; CUDA: min free) | x baseline | loss at the end |",
+    memory = "peak CUDA memory allocated (MB)" if any(r.get("cuda") for r in rows) else "peak resident set (MB)"
+    lines = [f"| setting | words/s | x baseline | {memory} | x baseline | loss at the end |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:

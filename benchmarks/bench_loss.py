@@ -18,9 +18,9 @@ Inputs are leaf tensors, except for fused-overwrite, which gets a non-leaf copy 
 clock starts (and before the memory baseline), as a decoder's output layer hands it over.
 --loss-scale multiplies the loss before backward, as fp16 training's loss scaler does.
 
-    python scripts/bench_loss.py --quick                 # 4096 x 32000, CPU, float32
-    python scripts/bench_loss.py                         # tokens {4096,16384} x vocab {8k,32k,64k}
-    python scripts/bench_loss.py --devices cuda --dtypes bfloat16 --tokens 16384 --vocab 32000
+    python -m benchmarks.bench_loss --quick              # 4096 x 32000, CPU, float32
+    python -m benchmarks.bench_loss                      # tokens {4096,16384} x vocab {8k,32k,64k}
+    python -m benchmarks.bench_loss --devices cuda --dtypes bfloat16 --tokens 16384 --vocab 32000
 """
 from __future__ import annotations
 
@@ -31,12 +31,12 @@ import platform
 import statistics
 import subprocess
 import sys
-
-from atomic_io import write_text_atomically
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import repo_env, split_list
+from scripts.atomic_io import write_text_atomically
+
 IMPLS = ("lsce", "reference", "fused", "fused-overwrite")
 IMPL_TITLES = {"lsce": "fairseq LS-CE", "reference": "EL reference", "fused": "EL fused",
                "fused-overwrite": "EL fused, gradient over the logits"}
@@ -79,18 +79,18 @@ def main(argv=None):
         return 0
     import torch
 
-    impls = _split(args.impls)
+    impls = split_list(args.impls)
     unknown = sorted(set(impls) - set(IMPLS))
     if unknown:
         raise SystemExit(f"--impls: unknown {', '.join(unknown)}; choose from {', '.join(IMPLS)}")
-    devices = _split(args.devices) if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = split_list(args.devices) if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if "cuda" in devices and not torch.cuda.is_available():
         raise SystemExit("--devices cuda: no CUDA device is visible to torch")
-    sizes = [(4096, 32000)] if args.quick else [(int(n), int(v)) for n in _split(args.tokens) for v in _split(args.vocab)]
+    sizes = [(4096, 32000)] if args.quick else [(int(n), int(v)) for n in split_list(args.tokens) for v in split_list(args.vocab)]
 
     print(describe_environment(args, devices), flush=True)
     rows = []
-    groups = [(device, dtype, n, v) for device in devices for dtype in _split(args.dtypes) for n, v in sizes]
+    groups = [(device, dtype, n, v) for device in devices for dtype in split_list(args.dtypes) for n, v in sizes]
     for number, (device, dtype, tokens, vocab) in enumerate(groups, 1):
         size = dict(tokens=tokens, vocab=vocab, device=device, dtype=dtype)
         runnable = [impl for impl in impls
@@ -125,10 +125,6 @@ def main(argv=None):
     return 0
 
 
-def _split(text):
-    return [item.strip() for item in str(text).split(",") if item.strip()]
-
-
 def describe_environment(args, devices):
     import torch
 
@@ -160,11 +156,9 @@ def run_in_subprocess(case, args):
         forwarded += ["--threads", str(args.threads)]
     if args.chunk_elements:
         forwarded += ["--chunk-elements", str(args.chunk_elements)]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     try:
-        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(case), *forwarded],
-                              capture_output=True, text=True, env=env, timeout=args.timeout)
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_loss", "--worker", json.dumps(case), *forwarded],
+                              capture_output=True, text=True, env=repo_env(), timeout=args.timeout)
     except subprocess.TimeoutExpired:
         return dict(case, error=f"timed out after {args.timeout:.0f} s")
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -236,22 +230,19 @@ def make_step(impl, target, args):
             return loss
         return step
 
-    import functools
-
-    import encouraging_loss.functional as functional
     from encouraging_loss import EncouragingLossOptions, encouraging_loss
-    from encouraging_loss.ops.fused_chunked import fused_row_terms
+    from encouraging_loss.ops.chunked import DEFAULT_CHUNK_ELEMENTS
 
-    if args.chunk_elements:
-        functional.fused_row_terms = functools.partial(fused_row_terms, chunk_elements=args.chunk_elements)
+    chunk_elements = args.chunk_elements or DEFAULT_CHUNK_ELEMENTS
     options = EncouragingLossOptions(label_smoothing=args.label_smoothing, log_end=args.log_end)
 
     overwrite = impl == "fused-overwrite"
 
     def step(logits):
         # with_stats as the fairseq criterion runs it
-        return encouraging_loss(logits, target, options, ignore_index=PAD, impl="fused" if overwrite else impl,
-                                with_stats=True, overwrite_logits=overwrite).loss
+        return encouraging_loss(logits, target, options, ignore_index=PAD, reduction="sum",
+                                impl="fused" if overwrite else impl, with_stats=True,
+                                overwrite_logits=overwrite, chunk_elements=chunk_elements).loss
     return step
 
 

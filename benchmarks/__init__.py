@@ -1,0 +1,3 @@
+"""Benchmarks, each run as a module from the repository root: ``python -m benchmarks.bench_loss``
+(the loss alone), ``python -m benchmarks.bench_train`` (fairseq-train throughput and memory), ...
+Shared helpers live in ``benchmarks.common``."""

@@ -1,0 +1,189 @@
+"""The encouraging loss in one streaming sweep over the logits, chunk by chunk, in plain PyTorch.
+
+Per chunk of rows it computes max and logsumexp, the loss parts, the diagnostics and the gradient
+while the chunk is hot in the cache, and keeps only the gradient (in the logits' dtype) for
+backward: no float32 copy of the whole logits, no saved log-probabilities. Runs on any device; it
+is the CPU back end.
+
+Speed comes from (1) few full-width passes per chunk (about a dozen, over data already in the
+cache) into work buffers allocated once per call, with every per-row factor folded before the
+pass that uses it; (2) one exp per element and no log: for the usual log bonus, when no
+non-target p in the chunk exceeds LE, sum_j log(1 - p_j) is the log of a product (no clamp, no
+tangent, no per-element log); (3) on CPU, chunks spread over single-threaded workers rather than
+splitting every small op across OpenMP threads; (4) the loss parts formed once for all rows
+from per-row sums after the sweep.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
+
+import torch
+
+from ..bonus import bonus_value_and_slope
+from ..options import OptionError, bonus_weights, smoothing_weights
+from .rows import FP16_GRAD_HEADROOM, MAX_GRAD_ROW_SCALE, RowSums, target_terms
+
+# Elements per chunk: large enough that PyTorch's per-op overhead is amortised, small enough that
+# the chunk's three work buffers stay in the CPU's cache (see benchmarks/bench_loss.py --chunk-elements).
+DEFAULT_CHUNK_ELEMENTS = 1 << 17
+
+
+def chunked_sweep(logits, index, options, sums: RowSums, grad=None, grad_weight=None, grad_row_scale=None,
+                  chunk_elements: int = DEFAULT_CHUNK_ELEMENTS):
+    """Fills ``sums`` for all rows of (N, V) ``logits`` and, when ``grad`` is given, writes the gradient
+    (rows weighted by ``grad_weight``; fp16 rows scaled by a power of two recorded in ``grad_row_scale``).
+    ``index`` (N, 1) holds the targets, 0 on ignored rows. Runs on any device."""
+    if chunk_elements < 1:
+        raise OptionError("chunk_elements", ">= 1", chunk_elements)
+    rows, vocab = logits.shape
+    math_dtype = sums.others_sum.dtype
+    step = max(1, min(rows, chunk_elements // max(vocab, 1)))
+    staging = grad is not None and grad.dtype != math_dtype
+
+    def make_workspace():
+        return _Workspace(step, vocab, math_dtype, logits.device, staging)
+
+    def process(start, work):
+        end = min(rows, start + step)
+        _chunk(logits[start:end], index[start:end], options, work, sums.rows(start, end),
+               None if grad is None else (grad[start:end], grad_weight[start:end]),
+               None if grad_row_scale is None else grad_row_scale[start:end])
+
+    _run_chunks(range(0, rows, step), process, make_workspace, logits.device)
+
+
+def _run_chunks(starts, process, make_workspace, device):
+    """Runs ``process(start, workspace)`` for every chunk start.
+
+    On a multi-core CPU the chunks go to a pool of single-threaded workers, one workspace each,
+    that take the next chunk when done: a chunk's ops are too small for OpenMP's fork/join per op
+    to pay off, and when the machine is shared every barrier waits for a descheduled thread.
+    """
+    workers = min(len(starts), torch.get_num_threads()) if device.type == "cpu" else 1
+    if workers <= 1:
+        work = make_workspace()
+        for start in starts:
+            process(start, work)
+        return
+    pending = iter(starts)
+    lock = threading.Lock()
+
+    def drain():
+        work = make_workspace()
+        with torch.no_grad():  # grad mode is per thread; the caller's forward runs without it
+            while True:
+                with lock:
+                    start = next(pending, None)
+                if start is None:
+                    return
+                process(start, work)
+
+    main_threads = torch.get_num_threads()
+    try:
+        for future in [_worker_pool(workers).submit(drain) for _ in range(workers)]:
+            future.result()
+    finally:
+        # A worker's torch.set_num_threads(1) also changes the default that new threads start
+        # with; put it back (the setting of this thread itself is per thread and unchanged).
+        torch.set_num_threads(main_threads)
+
+
+_POOL: Optional[ThreadPoolExecutor] = None
+
+
+def _worker_pool(workers: int) -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None or _POOL._max_workers < workers:
+        _POOL = ThreadPoolExecutor(workers, thread_name_prefix="encouraging-loss",
+                                   initializer=_single_threaded)
+    return _POOL
+
+
+def _single_threaded():
+    torch.get_num_threads()  # lets ATen initialise this thread's settings first, so they stick
+    torch.set_num_threads(1)
+
+
+class _Workspace:
+    """Chunk-sized buffers reused by every chunk, so the sweep allocates nothing full-width."""
+
+    def __init__(self, rows, vocab, dtype, device, staging):
+        def buffer():
+            return torch.empty((rows, vocab), dtype=dtype, device=device)
+
+        self.dtype = dtype
+        self.exps, self.aux, self.slope = buffer(), buffer(), buffer()
+        self.grad = buffer() if staging else None  # math-dtype gradient before rounding to fp16/bf16
+
+
+def _chunk(logits, index, options, work, sums, grad_and_weight, grad_row_scale):
+    """Fills ``sums`` for a chunk of rows and, when asked, writes its gradient (weighted per row)."""
+    rows, vocab = logits.shape
+    # The row max is exact in any dtype; subtracting it in the math dtype upcasts half logits on the fly.
+    exps = torch.sub(logits, logits.amax(-1, keepdim=True).to(work.dtype), out=work.exps[:rows])
+    torch.sum(exps, -1, out=sums.shifted_sum)
+    torch.gather(exps, -1, index, out=sums.target_shifted.unsqueeze(-1))
+    # Masking the target out gives the others' max (for the margin) and the others' exp-sum, from
+    # which 1 - p_y is exact even when p_y rounds to 1. The others' max is the row max unless the
+    # target holds it, so the max pass is needed only for rows that the model gets right.
+    exps.scatter_(-1, index, float("-inf"))
+    if bool((sums.target_shifted == 0).any()):
+        torch.amax(exps, -1, out=sums.others_max)
+    exps.exp_()  # the target entry is 0 from here on, where b and p b' of the others vanish
+    torch.sum(exps, -1, out=sums.others_sum)
+    target = target_terms(sums.target_shifted, sums.others_sum, options)
+
+    slope_part = slope_factor = None
+    if options.bonus_smoothing != 0.0:
+        bonus_sum, slope_part, slope_factor = _others_bonus(exps, target.inv_total, sums.others_max,
+                                                            options, work)
+        sums.others_bonus.copy_(bonus_sum)
+    if grad_and_weight is None:
+        return
+    grad, weight = grad_and_weight
+
+    # dL/dz_k = weight * [p_k (1 - rho S) + rho w_k g_k - q_k], S = sum_j w_j g_j, g = p b'(p),
+    # q the smoothed target. Per-row factors are formed first so that each term is one pass.
+    nll_weight, smooth_weight = smoothing_weights(options.label_smoothing, vocab)
+    target_weight, others_weight = bonus_weights(options, vocab)
+    rho = options.bonus_rho
+    slope_sum = target_weight * target.slope
+    if slope_part is not None:
+        slope_sum = slope_sum + others_weight * slope_factor * slope_part.sum(-1)
+    probs_factor = 1.0 - rho * slope_sum
+    chunk_grad = work.grad[:rows] if work.grad is not None else grad
+    torch.mul(exps, (probs_factor * target.inv_total * weight).unsqueeze(-1), out=chunk_grad)
+    if rho != 0.0 and slope_part is not None:
+        chunk_grad.addcmul_(slope_part, (rho * others_weight * slope_factor * weight).unsqueeze(-1))
+    chunk_grad.sub_((smooth_weight * weight).unsqueeze(-1))
+    target_grad = (target.prob * probs_factor + rho * target_weight * target.slope
+                   - nll_weight - smooth_weight) * weight
+    chunk_grad.scatter_(-1, index, target_grad.unsqueeze(-1))
+    if grad_row_scale is not None:
+        peak = chunk_grad.abs().amax(-1).clamp_min(1e-30)
+        scale = torch.exp2(torch.floor(torch.log2(FP16_GRAD_HEADROOM / peak))).clamp(1.0, MAX_GRAD_ROW_SCALE)
+        chunk_grad.mul_(scale.unsqueeze(-1))
+        grad_row_scale.copy_(scale)
+    if chunk_grad is not grad:
+        grad.copy_(chunk_grad)
+
+
+def _others_bonus(exps, inv_total, others_max, options, work):
+    """sum_{j != y} b(p_j) and p_j b'(p_j) = factor * part_j (a per-row factor times a full-width
+    part) of a chunk, from its unnormalised exps exp(z_j - m) whose target entry is 0."""
+    rows = exps.size(0)
+    end = options.clamped_log_end
+    neg_inv_total = inv_total.neg()
+    if (options.bonus == "log" and options.bonus_start == 0.0
+            and bool((others_max.exp() * inv_total <= end).all())):
+        # Every p_j is on the log(1 - p) side of LE: no clamp, no tangent, and sum_j log(1 - p_j)
+        # is the log of one product, which cannot underflow: at most one p_j exceeds 1/2 (and it
+        # is <= LE <= 1 - 2^-24), the others give a product >= exp(-2 log 2 sum p) >= 1/4.
+        one_minus_p = torch.mul(exps, neg_inv_total.unsqueeze(-1), out=work.aux[:rows]).add_(1.0)
+        exps_over_one_minus_p = torch.div(exps, one_minus_p, out=work.slope[:rows])
+        return one_minus_p.prod(-1).log_(), exps_over_one_minus_p, neg_inv_total  # g = -p / (1 - p)
+    probs = torch.mul(exps, inv_total.unsqueeze(-1), out=work.aux[:rows])
+    value, slope = bonus_value_and_slope(probs, 1.0 - probs, options)
+    return value.sum(-1), slope, 1.0

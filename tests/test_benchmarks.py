@@ -1,0 +1,24 @@
+"""The benchmarks run as modules from anywhere (python -m benchmarks.bench_loss), tiny sizes only:
+this checks that they work, not how fast anything is."""
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.common import repo_env
+
+
+@pytest.mark.slow
+def test_bench_loss_runs_every_implementation(tmp_path):
+    output = tmp_path / "table.md"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_loss", "--tokens", "64", "--vocab", "300",
+                           "--repeats", "1", "--chunk-elements", "1000", "--output", str(output)],
+                          cwd=tmp_path, env=repo_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith("| cpu")]
+    assert [row[3].strip() for row in rows] == ["fairseq LS-CE", "EL reference", "EL fused",
+                                                "EL fused, gradient over the logits"]
+    for row in rows:
+        float(row[4]), float(row[5]), float(row[6])  # time, time / LS-CE, peak: all measured
+    assert rows[0][5].strip() == "1.00"
+    assert output.read_text().startswith(proc.stdout.strip().splitlines()[-6])
