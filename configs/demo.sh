@@ -31,6 +31,7 @@ TOKENS_PER_UPDATE=${DEMO_MAX_TOKENS:-2048}
 MAX_TOKENS=${DEMO_MAX_TOKENS:-2048}
 MIN_MAX_TOKENS=128
 BASELINE_ARGS=(--criterion encouraging_ls --bonus-rho 0)
+# The paper's settings; scripts/demo.sh adds a linear warm-in of the bonus (docs/demo-findings.md says why).
 ENCOURAGING_ARGS=(--criterion encouraging_ls --bonus-rho 1 --el-label-smoothing 0.1 --log-end 0.5)
 
 # 1: the last epoch as is (the model still improves fast at the end, averaging would hold it back).

@@ -1,31 +1,41 @@
 #!/usr/bin/env python3
-"""Compares baseline and encouraging-loss runs of one recipe: a Markdown table of test BLEU (mean +- std
-over seeds, the difference, the paper's numbers beside ours) and a PNG of the validation curves and
-the target-probability diagnostics that the encouraging_ls criterion logs (p_target, p_gt_half).
+"""Compares the arms of a recipe (baseline, encouraging loss, sweep settings) over seeds: a Markdown
+table of test BLEU (mean +- std over seeds, the difference to the first arm, the paper's numbers),
+sacreBLEU's paired bootstrap test for every pair of arms (per seed and pooled over seeds), and one
+PNG over all arms (test BLEU per seed, validation curves, the encouraging_ls diagnostics).
 
-  compare.py --recipe NAME --runs RUN_DIR... --out-dir D [--paper-baseline "35.09 +- 0.07"]
-             [--paper-encouraging "35.50 +- 0.11"] [--paper-metric tokenized_bleu]
+  python -m scripts.compare --recipe NAME --runs RUN_DIR... --out-dir D [--paper-baseline "35.09 +- 0.07"]
+                            [--paper-encouraging "35.50 +- 0.11"] [--paper-metric tokenized_bleu] [--bootstrap-samples 1000]
 
 Each RUN_DIR is a scripts/train.sh run evaluated by scripts/evaluate.sh (run.json, train.log,
-eval/test.results.json). Writes D/comparison.md, D/comparison.json and D/comparison.png atomically.
+eval/SUBSET.results.json and the translations beside it). Its arm is arm.json's name when
+scripts/sweep.py made it, else run.json's loss (baseline / encouraging). Arms keep the order of
+--runs; the first is the reference of the delta column. Writes D/comparison.{md,json,png} atomically.
+
+Pooled test: for a pair of arms, the seeds both arms have are paired (seed s of A with seed s of B);
+the pooled systems are the seeds' translations concatenated in seed order, against the references
+repeated as often, so one bootstrap resamples (seed, sentence) items. It uses every seed's
+translations, but it is not a test of seed-to-seed variance: that is what mean +- std shows.
 """
 import argparse
+import itertools
 import json
 import math
 import os
 import statistics
 import sys
 
-from atomic_io import write_text_atomically
+from scripts.atomic_io import write_text_atomically
+from scripts.compare_plot import plot
+from scripts.score_translations import ScoringError, read_generate_output
+from scripts.significance import N_SAMPLES, bleu_metric, in_words, paired_bootstrap
 
-LOSSES = ("baseline", "encouraging")
-LOSS_LABELS = {"baseline": "CE + label smoothing (baseline)", "encouraging": "encouraging loss"}
 METRICS = {
     "tokenized_bleu": "tokenised BLEU (fairseq)",
     "sacrebleu": "detokenised sacreBLEU",
     "compound_split_bleu": "compound-split BLEU",
 }
-COLORS = {"baseline": "tab:blue", "encouraging": "tab:red"}
+PAPER_ARMS = {"baseline": "baseline", "encouraging": "encouraging", "el": "encouraging"}
 
 
 class CompareError(Exception):
@@ -62,31 +72,31 @@ def read_log(path):
     return records
 
 
-def curve(records, tag, key, step_key):
-    """(steps, values) of `key` over `step_key` in the records of one tag, skipping missing values."""
-    steps, values = [], []
-    for stats in records.get(tag, []):
-        if key in stats and step_key in stats:
-            try:
-                step, value = float(stats[step_key]), float(stats[key])
-            except (TypeError, ValueError):
-                continue
-            steps.append(step)
-            values.append(value)
-    return steps, values
-
-
 def load_runs(run_dirs, subset):
     runs = []
     for run_dir in run_dirs:
         info = read_json(os.path.join(run_dir, "run.json"), "run.json (is this a scripts/train.sh run?)")
         results = read_json(os.path.join(run_dir, "eval", f"{subset}.results.json"),
                             "evaluation results (run scripts/evaluate.sh on it)")
-        if info.get("loss") not in LOSSES:
-            raise CompareError(f"{run_dir}/run.json: loss must be one of {LOSSES}, got {info.get('loss')!r}")
-        runs.append({"dir": run_dir, "loss": info["loss"], "seed": info.get("seed"), "results": results,
+        arm_path = os.path.join(run_dir, "arm.json")
+        arm = read_json(arm_path, "arm.json") if os.path.isfile(arm_path) else {}
+        name = arm.get("arm") or info.get("loss")
+        if not name:
+            raise CompareError(f"{run_dir}: neither arm.json nor run.json names its arm (loss)")
+        runs.append({"dir": run_dir, "arm": name, "loss": info.get("loss"), "seed": info.get("seed"),
+                     "settings": arm.get("settings", {}), "results": results, "info": info,
                      "log": read_log(os.path.join(run_dir, "train.log"))})
+    seen = {}
+    for run in runs:
+        key = (run["arm"], run["seed"])
+        if key in seen:
+            raise CompareError(f"{run['dir']} and {seen[key]} are both arm {run['arm']}, seed {run['seed']}")
+        seen[key] = run["dir"]
     return runs
+
+
+def arm_order(runs):
+    return list(dict.fromkeys(run["arm"] for run in runs))
 
 
 def summarise(values):
@@ -103,109 +113,168 @@ def format_mean_std(mean, std):
     return f"{mean:.2f}" if std is None else f"{mean:.2f} +- {std:.2f}"
 
 
-def build_table(recipe, runs, paper, paper_metric):
-    summary, lines = {}, []
-    for metric in METRICS:
-        per_loss = {loss: summarise([r["results"].get(metric) for r in runs if r["loss"] == loss]) for loss in LOSSES}
-        if all(n == 0 for _, _, n in per_loss.values()):
+def translations(run, metric, subset):
+    """(hypotheses, references) of one run as the metric scores them."""
+    eval_dir = os.path.join(run["dir"], "eval")
+    if metric == "tokenized_bleu":
+        try:
+            hypotheses, references = read_generate_output(os.path.join(eval_dir, f"{subset}.generate.txt"))
+        except (ScoringError, OSError) as error:
+            raise CompareError(f"{run['dir']}: {error}") from None
+        return hypotheses, references
+    tgt = run["info"].get("tgt_lang", "tgt")
+    paths = [os.path.join(eval_dir, f"{subset}.hyp.detok.{tgt}"),
+             os.path.join(run["info"].get("data_dir", ""), "raw", f"{subset}.{tgt}")]
+    lines = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                lines.append(handle.read().rstrip("\n").split("\n"))
+        except OSError as error:
+            raise CompareError(f"{run['dir']}: cannot read {path} for the paired test ({error.strerror})") from None
+    return lines[0], lines[1]
+
+
+def pair_tests(runs, arms, metric, subset, n_samples):
+    """sacreBLEU's paired bootstrap for every pair of arms: per common seed and pooled over them."""
+    tokenized = metric == "tokenized_bleu"
+    lowercase = "compare-lowercased" in next(iter(runs))["results"].get("postprocess", [])
+    scorer = bleu_metric(tokenized, lowercase)
+    by_key = {(run["arm"], run["seed"]): run for run in runs}
+    cache = {}
+
+    def get(run):
+        if run["dir"] not in cache:
+            cache[run["dir"]] = translations(run, metric, subset)
+        return cache[run["dir"]]
+
+    tests = []
+    for arm_a, arm_b in itertools.combinations(arms, 2):
+        seeds = sorted({s for a, s in by_key if a == arm_a} & {s for a, s in by_key if a == arm_b}, key=str)
+        if not seeds:
+            tests.append({"arm_a": arm_a, "arm_b": arm_b, "metric": metric, "seeds": [], "per_seed": {},
+                          "pooled": None, "in_words": f"{arm_a} and {arm_b} share no seed: no paired test"})
             continue
-        summary[metric] = {loss: {"mean": m, "std": s, "seeds": n} for loss, (m, s, n) in per_loss.items()}
-        base, enc = per_loss["baseline"][0], per_loss["encouraging"][0]
-        delta = None if base is None or enc is None else enc - base
-        summary[metric]["delta"] = delta
-        paper_cells = [paper.get(loss) or "-" for loss in LOSSES] if metric == paper_metric else ["", ""]
-        lines.append(f"| {METRICS[metric]} | {format_mean_std(*per_loss['baseline'][:2])} "
-                     f"| {format_mean_std(*per_loss['encouraging'][:2])} "
-                     f"| {'-' if delta is None else f'{delta:+.2f}'} | {paper_cells[0]} | {paper_cells[1]} |")
-    seeds = {loss: sorted(r["seed"] for r in runs if r["loss"] == loss) for loss in LOSSES}
+        per_seed, pooled = {}, ([], [], [])
+        for seed in seeds:
+            (hyp_a, ref_a), (hyp_b, ref_b) = get(by_key[arm_a, seed]), get(by_key[arm_b, seed])
+            if ref_a != ref_b:
+                raise CompareError(f"{by_key[arm_a, seed]['dir']} and {by_key[arm_b, seed]['dir']} were "
+                                   "evaluated on different references: not a paired comparison")
+            per_seed[str(seed)] = paired_bootstrap(hyp_a, hyp_b, ref_a, scorer, n_samples)
+            for part, lines in zip(pooled, (hyp_a, hyp_b, ref_a)):
+                part.extend(lines)
+        result = paired_bootstrap(*pooled, scorer, n_samples) if len(seeds) > 1 else per_seed[str(seeds[0])]
+        tests.append({"arm_a": arm_a, "arm_b": arm_b, "metric": metric, "seeds": seeds, "per_seed": per_seed,
+                      "pooled": result, "in_words": in_words(arm_a, arm_b, result)
+                      + ("" if len(seeds) > 1 else " (one seed)")})
+    return tests
+
+
+def build_table(recipe, runs, arms, paper, paper_metric, tests):
+    summary, lines = {}, []
+    first = arms[0]
+    for metric in METRICS:
+        per_arm = {arm: summarise([r["results"].get(metric) for r in runs if r["arm"] == arm]) for arm in arms}
+        if all(n == 0 for _, _, n in per_arm.values()):
+            continue
+        summary[metric] = {}
+        for arm, (mean, std, n) in per_arm.items():
+            base = per_arm[first][0]
+            delta = None if mean is None or base is None or arm == first else mean - base
+            summary[metric][arm] = {"mean": mean, "std": std, "seeds": n, "delta": delta,
+                                    "values": [r["results"].get(metric) for r in runs if r["arm"] == arm]}
+    settings = {arm: next(r["settings"] for r in runs if r["arm"] == arm) for arm in arms}
+    seeds = {arm: sorted((r["seed"] for r in runs if r["arm"] == arm), key=str) for arm in arms}
+    metrics = list(summary)
     header = [
-        f"# {recipe}: baseline vs encouraging loss",
+        f"# {recipe}: {len(arms)} arms ({', '.join(arms)})",
         "",
-        f"Test-set BLEU, mean +- sample std over seeds (baseline seeds {seeds['baseline']}, "
-        f"encouraging seeds {seeds['encouraging']}). Delta = encouraging - baseline. "
-        f"The paper's numbers are {METRICS.get(paper_metric, paper_metric)}.",
+        f"Test-set BLEU, mean +- sample std over seeds; delta = arm - {first} (means). "
+        + (f"The paper's numbers are {METRICS.get(paper_metric, paper_metric)}." if any(paper.values()) else ""),
         "",
-        "| metric | baseline (ours) | encouraging (ours) | delta | baseline (paper) | encouraging (paper) |",
-        "|---|---|---|---|---|---|",
+        "| arm | settings | seeds | " + " | ".join(f"{METRICS[m]} | delta" for m in metrics) + " | paper |",
+        "|---|---|---|" + "---|---|" * len(metrics) + "---|",
     ]
-    per_run = ["", "| run | loss | seed | " + " | ".join(METRICS[m] for m in summary) + " |",
-               "|---|---|---|" + "---|" * len(summary)]
-    for run in sorted(runs, key=lambda r: (r["loss"], r["seed"])):
-        per_run.append(f"| {run['dir']} | {run['loss']} | {run['seed']} | "
-                       + " | ".join(str(run["results"].get(m)) for m in summary) + " |")
+    for arm in arms:
+        cells = []
+        for metric in metrics:
+            entry = summary[metric][arm]
+            cells += [format_mean_std(entry["mean"], entry["std"]),
+                      "-" if entry["delta"] is None else f"{entry['delta']:+.2f}"]
+        described = ", ".join(f"{k}={v}" for k, v in settings[arm].items()) or "recipe default"
+        lines.append(f"| {arm} | {described} | {','.join(map(str, seeds[arm]))} | " + " | ".join(cells)
+                     + f" | {paper.get(PAPER_ARMS.get(arm, ''), '') or '-'} |")
+    significance = []
+    if tests:
+        metric = tests[0]["metric"]
+        significance = [
+            "", f"## Paired bootstrap resampling ({METRICS[metric]}, sacreBLEU, "
+                f"{tests[0]['pooled']['n_samples'] if tests[0]['pooled'] else N_SAMPLES} resamples)", "",
+            "Pooled over the seeds both arms have (their translations concatenated); per-seed p-values beside it.",
+            "", "| A | B | B - A (pooled) | 95% CI of B - A | p | at p < 0.05 | per seed: B - A (p) |",
+            "|---|---|---|---|---|---|---|"]
+        for test in tests:
+            pooled = test["pooled"]
+            if pooled is None:
+                significance.append(f"| {test['arm_a']} | {test['arm_b']} | - | - | - | no common seed | - |")
+                continue
+            per_seed = ", ".join(f"s{seed}: {r['delta']:+.2f} ({r['p_value']:.3f})" for seed, r in test["per_seed"].items())
+            verdict = ("identical" if pooled["identical"] else "not significant" if not pooled["significant"]
+                       else "significant" if not pooled["ci_low"] <= 0 <= pooled["ci_high"]
+                       else "significant, CI includes 0")
+            significance.append(f"| {test['arm_a']} | {test['arm_b']} | {pooled['delta']:+.2f} | "
+                                f"[{pooled['ci_low']:+.2f}, {pooled['ci_high']:+.2f}] | {pooled['p_value']:.3f} | "
+                                f"{verdict} | {per_seed} |")
+        significance += [""] + [f"- {test['in_words']}" for test in tests]
+        significance += ["", f"Test signature: `{next((t['pooled']['signature'] for t in tests if t['pooled']), '')}`"]
+    per_run = ["", "## Runs", "", "| run | arm | seed | " + " | ".join(METRICS[m] for m in metrics) + " |",
+               "|---|---|---|" + "---|" * len(metrics)]
+    for run in sorted(runs, key=lambda r: (arms.index(r["arm"]), str(r["seed"]))):
+        per_run.append(f"| {run['dir']} | {run['arm']} | {run['seed']} | "
+                       + " | ".join(str(run["results"].get(m)) for m in metrics) + " |")
     signature = next((r["results"].get("sacrebleu_signature") for r in runs), None)
     footer = ["", f"sacreBLEU signature: `{signature}`"] if signature else []
-    return "\n".join(header + lines + per_run + footer) + "\n", summary
-
-
-def plot(runs, path, recipe):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [
-        ("valid", "valid_nll_loss", "valid_num_updates", "validation NLL (bits/token)"),
-        ("valid", "valid_p_target", "valid_num_updates", "validation mean p(target)"),
-        ("valid", "valid_p_gt_half", "valid_num_updates", "validation share of tokens with p(target) > 0.5"),
-        ("train_inner", "p_target", "num_updates", "training mean p(target)"),
-    ]
-    if any(curve(r["log"], "valid", "valid_bleu", "valid_num_updates")[0] for r in runs):
-        panels[3] = ("valid", "valid_bleu", "valid_num_updates", "validation BLEU")
-    figure, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    for axis, (tag, key, step_key, title) in zip(axes.flat, panels):
-        for loss in LOSSES:
-            labelled = False
-            for run in runs:
-                if run["loss"] != loss:
-                    continue
-                steps, values = curve(run["log"], tag, key, step_key)
-                if steps:
-                    axis.plot(steps, values, color=COLORS[loss], alpha=0.8, marker="." if len(steps) < 30 else None,
-                              label=None if labelled else LOSS_LABELS[loss])
-                    labelled = True
-        axis.set_title(title, fontsize=10)
-        axis.set_xlabel("updates")
-        axis.grid(alpha=0.3)
-        if axis.get_legend_handles_labels()[0]:
-            axis.legend(fontsize=8)
-    figure.suptitle(f"{recipe}: baseline vs encouraging loss (one line per seed)")
-    figure.tight_layout()
-    temporary = path + ".tmp"
-    figure.savefig(temporary, format="png", dpi=100)
-    plt.close(figure)
-    os.replace(temporary, path)
+    return "\n".join(header + lines + significance + per_run + footer) + "\n", summary
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--recipe", required=True)
-    parser.add_argument("--runs", nargs="+", required=True, help="run directories (both losses, any seeds)")
+    parser.add_argument("--runs", nargs="+", required=True, help="run directories (any arms, any seeds)")
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--subset", default="test")
     parser.add_argument("--paper-baseline", default="")
     parser.add_argument("--paper-encouraging", default="")
     parser.add_argument("--paper-metric", default="tokenized_bleu", choices=sorted(METRICS))
+    parser.add_argument("--bootstrap-samples", type=int, default=N_SAMPLES, help="resamples of the paired test")
+    parser.add_argument("--no-significance", action="store_true", help="skip the paired tests")
     args = parser.parse_args(argv)
     try:
         runs = load_runs(args.runs, args.subset)
-        missing = [loss for loss in LOSSES if not any(r["loss"] == loss for r in runs)]
-        if missing:
-            raise CompareError(f"no {' or '.join(missing)} run among --runs")
-        table, summary = build_table(args.recipe, runs, {"baseline": args.paper_baseline,
-                                                         "encouraging": args.paper_encouraging}, args.paper_metric)
+        arms = arm_order(runs)
+        if len(arms) < 2:
+            raise CompareError(f"only one arm ({arms[0]}) among --runs: nothing to compare")
+        # compound-split BLEU has no per-sentence form here; its paired test falls back to sacreBLEU
+        test_metric = "tokenized_bleu" if args.paper_metric == "tokenized_bleu" else "sacrebleu"
+        tests = [] if args.no_significance else pair_tests(runs, arms, test_metric, args.subset,
+                                                           args.bootstrap_samples)
+        table, summary = build_table(args.recipe, runs, arms, {"baseline": args.paper_baseline,
+                                                               "encouraging": args.paper_encouraging},
+                                     args.paper_metric, tests)
     except CompareError as error:
         print(f"error: compare.py: {error}", file=sys.stderr)
         return 2
     os.makedirs(args.out_dir, exist_ok=True)
     table_path = os.path.join(args.out_dir, "comparison.md")
     write_text_atomically(table_path, table)
-    write_text_atomically(os.path.join(args.out_dir, "comparison.json"),
-                 json.dumps({"recipe": args.recipe, "subset": args.subset, "metrics": summary,
-                             "runs": [{k: r[k] for k in ("dir", "loss", "seed", "results")} for r in runs]},
-                            indent=2) + "\n")
+    write_text_atomically(os.path.join(args.out_dir, "comparison.json"), json.dumps(
+        {"recipe": args.recipe, "subset": args.subset, "arms": arms, "metrics": summary, "significance": tests,
+         "runs": [{k: r[k] for k in ("dir", "arm", "loss", "seed", "settings", "results")} for r in runs]},
+        indent=2) + "\n")
     plot_path = os.path.join(args.out_dir, "comparison.png")
-    plot(runs, plot_path, args.recipe)
+    plot(runs, arms, plot_path, args.recipe, args.paper_metric, METRICS)
     print(table)
     print(f"[compare] table: {table_path}\n[compare] plot:  {plot_path}")
     return 0

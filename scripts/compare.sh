@@ -70,6 +70,6 @@ for loss in baseline encouraging; do
   done
 done
 
-"$PYTHON" "$scripts/compare.py" --recipe "$RECIPE" --runs "${run_dirs[@]}" --out-dir "$out_dir" \
+"$PYTHON" -m scripts.compare --recipe "$RECIPE" --runs "${run_dirs[@]}" --out-dir "$out_dir" \
   --subset "$EVAL_SUBSET" --paper-baseline "$PAPER_BASELINE" --paper-encouraging "$PAPER_ENCOURAGING" \
   --paper-metric "$PAPER_METRIC"

@@ -23,8 +23,10 @@ REDUCED_DEMO = {
     "DEMO_TRAIN_SIZE": "2000", "DEMO_VALID_SIZE": "60", "DEMO_TEST_SIZE": "80", "DEMO_VOCAB_SIZE": "600",
     "DEMO_DIM": "32", "DEMO_LAYERS": "1", "DEMO_MAX_EPOCH": "4", "DEMO_MAX_TOKENS": "1024",
     "DEMO_WARMUP": "20", "DEMO_LR": "1e-2", "DEMO_AVERAGE_LAST": "2", "DEMO_BEAM": "2", "DEMO_WORKERS": "1",
-    "LOG_INTERVAL": "10",
+    "LOG_INTERVAL": "10", "DEMO_SEEDS": "1", "DEMO_ARMS": "baseline le=0.5",
 }
+# where the reduced demo's runs of each loss live (scripts/sweep.py names arms by their settings)
+ARM_DIRS = {"baseline": "baseline", "encouraging": "el_le0.5"}
 
 
 def run_script(script, *args, env=None, check=True):
@@ -57,7 +59,7 @@ def generate_lines(path, prefix):
 @pytest.mark.parametrize("loss", ["baseline", "encouraging"])
 def test_evaluate_reports_bleu_that_sacrebleu_reproduces(demo, loss):
     out, _ = demo
-    eval_dir = out / "runs" / "demo" / loss / "seed1" / "eval"
+    eval_dir = out / "runs" / "demo" / ARM_DIRS[loss] / "seed1" / "eval"
     results = json.loads((eval_dir / "test.results.json").read_text())
     hypotheses = generate_lines(eval_dir / "test.generate.txt", "H-")
     assert len(hypotheses) == int(REDUCED_DEMO["DEMO_TEST_SIZE"]) == results["sentences"]
@@ -82,7 +84,7 @@ def test_evaluate_reports_bleu_that_sacrebleu_reproduces(demo, loss):
 @pytest.mark.slow
 def test_averaged_checkpoint_is_the_mean_of_the_last_epochs(demo, tmp_path):
     out, _ = demo
-    checkpoints = out / "runs" / "demo" / "encouraging" / "seed1" / "checkpoints"
+    checkpoints = out / "runs" / "demo" / ARM_DIRS["encouraging"] / "seed1" / "checkpoints"
     epochs = sorted(int(m.group(1)) for p in checkpoints.iterdir() if (m := re.fullmatch(r"checkpoint(\d+)\.pt", p.name)))
     assert len(epochs) == 2, "--keep-last-epochs 2 keeps two epoch checkpoints"
     output = tmp_path / "avg.pt"
@@ -118,21 +120,34 @@ def test_compare_table_and_plot(demo):
     out, printed = demo
     summary = json.loads((out / "comparison.json").read_text())
     table = (out / "comparison.md").read_text()
+    assert summary["arms"] == ["baseline", "el_le0.5"]
     for run in summary["runs"]:
         results = json.loads((Path(run["dir"]) / "eval" / "test.results.json").read_text())
         assert run["results"]["tokenized_bleu"] == results["tokenized_bleu"]
-        metric = summary["metrics"]["tokenized_bleu"][run["loss"]]
+        metric = summary["metrics"]["tokenized_bleu"][run["arm"]]
         assert metric["mean"] == pytest.approx(results["tokenized_bleu"]) and metric["seeds"] == 1
-        assert f"| {results['tokenized_bleu']:.2f} |" in table.split("\n| run |")[0]
+        assert f"| {results['tokenized_bleu']:.2f} |" in table.split("## Runs")[0]
+    # the paired test on the two runs' translations, recomputed here with sacreBLEU
+    [test] = summary["significance"]
+    eval_dirs = [out / "runs" / "demo" / ARM_DIRS[loss] / "seed1" / "eval" / "test.generate.txt"
+                 for loss in ("baseline", "encouraging")]
+    hypotheses = [generate_lines(path, "H-") for path in eval_dirs]
+    bleu = [sacrebleu.corpus_bleu(h, [generate_lines(eval_dirs[0], "T-")], tokenize="none", smooth_method="none",
+                                  force=True).score
+            for h in hypotheses]
+    assert test["pooled"]["delta"] == pytest.approx(bleu[1] - bleu[0], abs=0.011)
+    assert 0 < test["pooled"]["p_value"] <= 1 and test["pooled"]["ci_low"] <= test["pooled"]["delta"] <= test["pooled"]["ci_high"]
+    assert test["in_words"] in table and f"paired bootstrap, seeds pooled: {test['in_words']}" in printed
     png = (out / "comparison.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
     # both runs logged the diagnostics the plot shows (the baseline is encouraging_ls with rho 0)
     for loss in ("baseline", "encouraging"):
-        log = (out / "runs" / "demo" / loss / "seed1" / "train.log").read_text()
+        log = (out / "runs" / "demo" / ARM_DIRS[loss] / "seed1" / "train.log").read_text()
         assert re.search(r'"valid_p_target": "?[0-9.]+', log) and re.search(r'"p_gt_half": "?[0-9.]+', log)
     assert f"table: {out / 'comparison.md'}" in printed and f"plot:  {out / 'comparison.png'}" in printed
-    assert re.search(r"baseline: tokenised BLEU [0-9.]+, sacreBLEU [0-9.]+", printed)
-    assert re.search(r"encouraging: tokenised BLEU [0-9.]+, sacreBLEU [0-9.]+", printed)
+    assert re.search(r"baseline: tokenised BLEU [0-9.]+, sacreBLEU [0-9.]+ \(mean \+- std over 1 seeds", printed)
+    assert re.search(r"el_le0.5: tokenised BLEU [0-9.]+, sacreBLEU [0-9.]+", printed)
+    assert re.search(r"\[sweep\] 1/2 .*ETA", printed) and re.search(r"\[sweep\] 2/2 .*all runs done", printed)
 
 
 def test_compare_mean_and_std_over_seeds(tmp_path):
@@ -151,19 +166,20 @@ def test_compare_mean_and_std_over_seeds(tmp_path):
                 '2026-01-01 00:00:00 | INFO | valid | {"epoch": 1, "valid_nll_loss": "3.1", '
                 '"valid_p_target": "0.4", "valid_p_gt_half": "0.3", "valid_num_updates": "10"}\n')
             runs.append(str(run))
-    proc = subprocess.run([sys.executable, str(SCRIPTS / "compare.py"), "--recipe", "x", "--runs", *runs,
+    proc = subprocess.run([sys.executable, "-m", "scripts.compare", "--recipe", "x", "--runs", *runs,
                            "--out-dir", str(tmp_path / "out"), "--paper-baseline", "35.09 +- 0.07",
-                           "--paper-encouraging", "35.50 +- 0.11"], capture_output=True, text=True, cwd=REPO)
+                           "--paper-encouraging", "35.50 +- 0.11", "--no-significance"],
+                          capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((tmp_path / "out" / "comparison.json").read_text())["metrics"]
     assert metrics["tokenized_bleu"]["baseline"]["mean"] == pytest.approx(32.0)
     assert metrics["tokenized_bleu"]["baseline"]["std"] == pytest.approx(2.0)  # sample std of 30, 32, 34
     assert metrics["tokenized_bleu"]["encouraging"]["std"] == pytest.approx(0.5 / 2 ** 0.5)  # of 33, 33.5
-    assert metrics["tokenized_bleu"]["delta"] == pytest.approx(33.25 - 32.0)
+    assert metrics["tokenized_bleu"]["encouraging"]["delta"] == pytest.approx(33.25 - 32.0)
     assert "compound_split_bleu" not in metrics
     table = (tmp_path / "out" / "comparison.md").read_text()
-    assert "| tokenised BLEU (fairseq) | 32.00 +- 2.00 | 33.25 +- 0.35 | +1.25 | 35.09 +- 0.07 | 35.50 +- 0.11 |" in table
-    assert "| detokenised sacreBLEU | 31.00 +- 2.00 | 32.25 +- 0.35 | +1.25 |  |  |" in table
+    assert "| baseline | recipe default | 1,2,3 | 32.00 +- 2.00 | - | 31.00 +- 2.00 | - | 35.09 +- 0.07 |" in table
+    assert "| encouraging | recipe default | 1,2 | 33.25 +- 0.35 | +1.25 | 32.25 +- 0.35 | +1.25 | 35.50 +- 0.11 |" in table
 
 
 def test_unknown_recipe_is_one_line_naming_it_and_the_known_ones():
