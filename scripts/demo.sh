@@ -15,7 +15,7 @@ sacreBLEU's paired bootstrap test. Prints each arm's BLEU, the test in words, an
 (comparison.md), the JSON (comparison.json) and the plot are.
 
 Environment (defaults in brackets):
-  DEMO_DIR         output root [runs/demo]: corpus/, data/, runs/, comparison.{md,json,png}
+  DEMO_DIR         output root [runs/demo]: corpus/, data/, one folder per arm (ARM/seedN), comparison.{md,json,png}
   DEMO_SEEDS       training seeds, a range or list [1-3]
   DEMO_ARMS        the arms, as scripts/sweep.sh --arms takes them ["baseline schedule=linear,warmup=500"]
   DEMO_JOBS        runs side by side [2]
@@ -62,8 +62,8 @@ step "training, evaluating and comparing $(wc -w <<< "$arms") arms x seeds $seed
 # shellcheck disable=SC2086  # the arm list is split on purpose
 SWEEP_THREADS_PER_RUN=${DEMO_THREADS_PER_RUN:-1} LOG_INTERVAL=${LOG_INTERVAL:-50} \
   "$REPO_ROOT/scripts/sweep.sh" demo --arms $arms --seeds "$seeds" --jobs "$jobs" \
-  --runs-dir "$demo_dir/runs" --out-dir "$demo_dir" --data-dir "$DATA_DIR" > "$demo_dir/compare.log" \
-  || { tail -n 20 "$demo_dir/compare.log" >&2; die "the demo's sweep failed (log: $demo_dir/compare.log; run logs in $demo_dir/runs)"; }
+  --arms-dir "$demo_dir" --out-dir "$demo_dir" --data-dir "$DATA_DIR" > "$demo_dir/compare.log" \
+  || { tail -n 20 "$demo_dir/compare.log" >&2; die "the demo's sweep failed (log: $demo_dir/compare.log; run logs in $demo_dir/ARM/seedN)"; }
 
 "$PYTHON" - "$demo_dir" "$(( $(date +%s) - started ))" <<'PY'
 import json, os, sys

@@ -139,9 +139,15 @@ class Progress:
                   f"{self.clock(time.monotonic() - self.started)}, {self.eta()}", file=sys.stderr, flush=True)
 
 
+def run_dir_of(args, arm, seed):
+    """RUNS_DIR/RECIPE/ARM/seedN, or ARMS_DIR/ARM/seedN when --arms-dir names the arms' folder itself."""
+    root = args.arms_dir or os.path.join(args.runs_dir, args.recipe)
+    return os.path.join(root, arm["name"], f"seed{seed}")
+
+
 def run_one(arm, seed, args, progress):
     """Trains and evaluates one run; returns (run_dir, error or None)."""
-    run_dir = os.path.join(args.runs_dir, args.recipe, arm["name"], f"seed{seed}")
+    run_dir = run_dir_of(args, arm, seed)
     label = f"{arm['name']} seed {seed}"
     state = run_state(run_dir, args.subset)
     if state == "evaluated":
@@ -193,7 +199,8 @@ def main(argv=None):
     parser.add_argument("--arms", nargs="+", required=True, help="arm specs, e.g. baseline le=0.75 rho=0.5")
     parser.add_argument("--seeds", default="1-3", help="range 1-3 or list 1,3,5 (default 1-3)")
     parser.add_argument("--runs-dir", default=os.environ.get("RUNS_DIR", "runs"))
-    parser.add_argument("--out-dir", help="comparison outputs (default RUNS_DIR/RECIPE)")
+    parser.add_argument("--arms-dir", help="put the runs in ARMS_DIR/ARM/seedN instead of RUNS_DIR/RECIPE/ARM/seedN")
+    parser.add_argument("--out-dir", help="comparison outputs (default: the folder holding the arms)")
     parser.add_argument("--data-dir", help="prepared corpus (default: the recipe's DATA_DIR)")
     parser.add_argument("--subset", default="test", help="the recipe's EVAL_SUBSET")
     parser.add_argument("--paper-metric", default="tokenized_bleu", help="the recipe's PAPER_METRIC")
@@ -217,7 +224,7 @@ def main(argv=None):
             raise SweepError("--jobs and --threads-per-run must be at least 1")
         plan = [(arm, seed) for seed in seeds for arm in arms]  # seed-major: early results cover every arm
         for arm, seed in plan:
-            check_arm_record(os.path.join(args.runs_dir, args.recipe, arm["name"], f"seed{seed}"), arm)
+            check_arm_record(run_dir_of(args, arm, seed), arm)
     except SweepError as error:
         print(f"error: sweep: {error}", file=sys.stderr)
         return 2
@@ -233,7 +240,7 @@ def main(argv=None):
         return 1
     if args.no_compare:
         return 0
-    out_dir = args.out_dir or os.path.join(args.runs_dir, args.recipe)
+    out_dir = args.out_dir or args.arms_dir or os.path.join(args.runs_dir, args.recipe)
     command = [sys.executable, "-m", "scripts.compare", "--recipe", args.recipe, "--subset", args.subset,
                "--out-dir", out_dir, "--paper-metric", args.paper_metric, "--paper-baseline", args.paper_baseline,
                "--paper-encouraging", args.paper_encouraging, "--runs", *[run_dir for run_dir, _ in outcomes]]

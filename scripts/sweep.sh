@@ -5,7 +5,7 @@ set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-Usage: scripts/sweep.sh RECIPE --arms ARM... [--seeds 1-3] [--jobs N] [--runs-dir D] [--out-dir D] [--data-dir D] [-- extra fairseq-train args]
+Usage: scripts/sweep.sh RECIPE --arms ARM... [--seeds 1-3] [--jobs N] [--runs-dir D | --arms-dir D] [--out-dir D] [--data-dir D] [-- extra fairseq-train args]
 
   --arms ARM...  `baseline` and encouraging-loss settings such as le=0.75 or rho=0.5,schedule=linear,warmup=300
                  (keys and naming: python -m scripts.sweep -h); every pair of arms is compared
@@ -13,7 +13,8 @@ Usage: scripts/sweep.sh RECIPE --arms ARM... [--seeds 1-3] [--jobs N] [--runs-di
   --jobs N       runs trained side by side (default $SWEEP_JOBS or 1), each with
                  $SWEEP_THREADS_PER_RUN (default 1) torch threads
   --runs-dir D   runs go to D/RECIPE/ARM/seedN (default $RUNS_DIR or runs)
-  --out-dir D    comparison.{md,json,png} (default RUNS_DIR/RECIPE)
+  --arms-dir D   runs go to D/ARM/seedN instead
+  --out-dir D    comparison.{md,json,png} (default: the folder holding the arms)
   --data-dir D   prepared corpus (default: the recipe's DATA_DIR)
   -- ARGS        passed to every fairseq-train (before the arm's own settings)
 Finished runs are skipped and interrupted ones resume: run the same command again after a failure.

@@ -59,7 +59,7 @@ def generate_lines(path, prefix):
 @pytest.mark.parametrize("loss", ["baseline", "encouraging"])
 def test_evaluate_reports_bleu_that_sacrebleu_reproduces(demo, loss):
     out, _ = demo
-    eval_dir = out / "runs" / "demo" / ARM_DIRS[loss] / "seed1" / "eval"
+    eval_dir = out / ARM_DIRS[loss] / "seed1" / "eval"
     results = json.loads((eval_dir / "test.results.json").read_text())
     hypotheses = generate_lines(eval_dir / "test.generate.txt", "H-")
     assert len(hypotheses) == int(REDUCED_DEMO["DEMO_TEST_SIZE"]) == results["sentences"]
@@ -84,7 +84,7 @@ def test_evaluate_reports_bleu_that_sacrebleu_reproduces(demo, loss):
 @pytest.mark.slow
 def test_averaged_checkpoint_is_the_mean_of_the_last_epochs(demo, tmp_path):
     out, _ = demo
-    checkpoints = out / "runs" / "demo" / ARM_DIRS["encouraging"] / "seed1" / "checkpoints"
+    checkpoints = out / ARM_DIRS["encouraging"] / "seed1" / "checkpoints"
     epochs = sorted(int(m.group(1)) for p in checkpoints.iterdir() if (m := re.fullmatch(r"checkpoint(\d+)\.pt", p.name)))
     assert len(epochs) == 2, "--keep-last-epochs 2 keeps two epoch checkpoints"
     output = tmp_path / "avg.pt"
@@ -122,6 +122,8 @@ def test_compare_table_and_plot(demo):
     table = (out / "comparison.md").read_text()
     assert summary["arms"] == ["baseline", "el_le0.5"]
     for run in summary["runs"]:
+        # the demo's runs sit beside its corpus, one folder per arm: DEMO_DIR/ARM/seedN
+        assert Path(run["dir"]).resolve().parent.parent == out.resolve(), run["dir"]
         results = json.loads((Path(run["dir"]) / "eval" / "test.results.json").read_text())
         assert run["results"]["tokenized_bleu"] == results["tokenized_bleu"]
         metric = summary["metrics"]["tokenized_bleu"][run["arm"]]
@@ -129,7 +131,7 @@ def test_compare_table_and_plot(demo):
         assert f"| {results['tokenized_bleu']:.2f} |" in table.split("## Runs")[0]
     # the paired test on the two runs' translations, recomputed here with sacreBLEU
     [test] = summary["significance"]
-    eval_dirs = [out / "runs" / "demo" / ARM_DIRS[loss] / "seed1" / "eval" / "test.generate.txt"
+    eval_dirs = [out / ARM_DIRS[loss] / "seed1" / "eval" / "test.generate.txt"
                  for loss in ("baseline", "encouraging")]
     hypotheses = [generate_lines(path, "H-") for path in eval_dirs]
     bleu = [sacrebleu.corpus_bleu(h, [generate_lines(eval_dirs[0], "T-")], tokenize="none", smooth_method="none",
@@ -142,7 +144,7 @@ def test_compare_table_and_plot(demo):
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
     # both runs logged the diagnostics the plot shows (the baseline is encouraging_ls with rho 0)
     for loss in ("baseline", "encouraging"):
-        log = (out / "runs" / "demo" / ARM_DIRS[loss] / "seed1" / "train.log").read_text()
+        log = (out / ARM_DIRS[loss] / "seed1" / "train.log").read_text()
         assert re.search(r'"valid_p_target": "?[0-9.]+', log) and re.search(r'"p_gt_half": "?[0-9.]+', log)
     assert f"table: {out / 'comparison.md'}" in printed and f"plot:  {out / 'comparison.png'}" in printed
     assert re.search(r"baseline: tokenised BLEU [0-9.]+, sacreBLEU [0-9.]+ \(mean \+- std over 1 seeds", printed)
@@ -194,7 +196,7 @@ def test_unknown_recipe_is_one_line_naming_it_and_the_known_ones():
 @pytest.mark.slow
 def test_train_records_the_exact_command_and_cpu_fallback(demo):
     out, printed = demo
-    run = out / "runs" / "demo" / "baseline" / "seed1"
+    run = out / "baseline" / "seed1"
     info = json.loads((run / "run.json").read_text())
     assert info["loss"] == "baseline" and info["seed"] == 1 and info["fp16"] is False and info["workers"] == 1
     command = (run / "command.sh").read_text()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from tests.conftest import REPO
+from helpers import REPO
 
 from scripts.significance import bleu_metric, in_words, paired_bootstrap, paired_differences
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO, TINY_TRANSFORMER, USER_DIR, run_tool
+from helpers import REPO, TINY_TRANSFORMER, USER_DIR, run_tool
 
 MODULE = ["-m", "scripts.analyze_margins"]
 

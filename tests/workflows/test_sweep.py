@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from helpers import REPO
 
 from scripts.sweep import SweepError, parse_arm
 
