@@ -20,6 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from fairseq_plugins.checkpoints import CheckpointLoadError, load_checkpoint_to_cpu
+from scripts.atomic_io import atomic_open
 
 LOG = logging.getLogger("average_checkpoints")
 EPOCH_CHECKPOINT = re.compile(r"^checkpoint(\d+)\.pt$")
@@ -105,13 +106,8 @@ def main(argv=None):
         LOG.info("averaging %d checkpoints: %s", len(paths), ", ".join(os.path.basename(p) for p in paths))
         state = average_states(paths)
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        temporary = f"{args.output}.tmp-{os.getpid()}"
-        try:
-            torch.save(state, temporary)
-            os.replace(temporary, args.output)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
+        with atomic_open(args.output, "wb") as handle:
+            torch.save(state, handle)
         LOG.info("wrote %s", args.output)
     except (AveragingError, CheckpointLoadError) as error:
         print(f"error: average_checkpoints.py: {error}", file=sys.stderr)

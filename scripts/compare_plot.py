@@ -27,12 +27,24 @@ def curve(records, tag, key, step_key):
 
 
 def plot(runs, arms, path, recipe, metric, metric_labels):
+    """Draws the figure (``figure``) and writes it to ``path`` as PNG, atomically."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(runs, arms, recipe, metric, metric_labels)
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=90)
+    plt.close(fig)
+
+
+def figure(runs, arms, recipe, metric, metric_labels):
+    """The comparison figure: panel 0 the test metric per seed (one x position per arm, in ``arms``
+    order) with mean +- std, then one panel per entry of PANELS with one line per run."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     colours = {arm: plt.get_cmap("tab10")(index % 10) for index, arm in enumerate(arms)}
-    figure, axes = plt.subplots(2, 3, figsize=(15, 8))
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     bleu_axis = axes.flat[0]
     for index, arm in enumerate(arms):
         values = [r["results"].get(metric) for r in runs if r["arm"] == arm and r["results"].get(metric) is not None]
@@ -61,9 +73,7 @@ def plot(runs, arms, path, recipe, metric, metric_labels):
         axis.grid(alpha=0.3)
     handles, labels = axes.flat[1].get_legend_handles_labels()
     if handles:
-        figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8)
-    figure.suptitle(f"{recipe}: {len(arms)} arms (one line per seed)")
-    figure.tight_layout(rect=(0, 0.06, 1, 1))
-    with atomic_open(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=90)
-    plt.close(figure)
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8)
+    fig.suptitle(f"{recipe}: {len(arms)} arms (one line per seed)")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig

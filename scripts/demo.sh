@@ -45,7 +45,7 @@ started=$(date +%s)
 step() { echo "[demo] $(( $(date +%s) - started )) s: $*" >&2; }
 
 step "generating the synthetic corpus in $demo_dir/corpus"
-"$PYTHON" "$REPO_ROOT/scripts/make_demo_corpus.py" --out-dir "$demo_dir/corpus" --seed "$corpus_seed" \
+"$PYTHON" -m scripts.make_demo_corpus --out-dir "$demo_dir/corpus" --seed "$corpus_seed" \
   --train-size "${DEMO_TRAIN_SIZE:-20000}" --valid-size "${DEMO_VALID_SIZE:-300}" --test-size "${DEMO_TEST_SIZE:-500}"
 
 vocab_size=${DEMO_VOCAB_SIZE:-600}

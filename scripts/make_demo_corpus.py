@@ -11,14 +11,16 @@ So a model has to learn a lexicon of a few hundred stems that a subword model mu
 of agglutinated words, long-distance reordering (the source verb comes last, the target verb second)
 and agreement. Everything is generated from --seed alone: the same arguments give the same files.
 
-Usage: make_demo_corpus.py --out-dir D [--train-size N] [--valid-size N] [--test-size N] [--seed S]
-writes D/{train,valid,test}.{src,tgt} (one sentence a line, atomically: *.tmp then renamed).
+Usage: python -m scripts.make_demo_corpus --out-dir D [--train-size N] [--valid-size N] [--test-size N] [--seed S]
+writes D/{train,valid,test}.{src,tgt} (one sentence a line, each file written atomically).
 """
 import argparse
 import os
 import random
 import sys
 from dataclasses import dataclass
+
+from scripts.atomic_io import atomic_open
 
 SRC_LANG, TGT_LANG = "src", "tgt"
 CONSONANTS = "ptkbdgmnlrsvz"
@@ -137,9 +139,8 @@ def write_corpus(out_dir, sizes, seed):
             pairs.append(pair)
         for index, lang in enumerate((SRC_LANG, TGT_LANG)):
             path = os.path.join(out_dir, f"{split}.{lang}")
-            with open(path + ".tmp", "w", encoding="utf-8") as handle:
+            with atomic_open(path) as handle:
                 handle.writelines(pair[index] + "\n" for pair in pairs)
-            os.replace(path + ".tmp", path)
     return lexicon
 
 

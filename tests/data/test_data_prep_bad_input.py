@@ -85,6 +85,16 @@ def pid_running(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def kill_and_expect_gone(parent, pids, what):
+    """SIGKILLs the data prep process and asserts that ``pids`` (its children) end within 10 s."""
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    while any(pid_running(pid) for pid in pids) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(pid_running(pid) for pid in pids), f"{what} outlived the run"
+
+
 def dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
@@ -124,12 +134,7 @@ def test_sigkill_leaves_no_running_children_and_the_next_run_removes_its_partial
         assert all(pid_running(pid) for pid in pids)
         partials = [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.partial-")]
         assert partials == [f".out.partial-{parent.pid}"]
-        parent.send_signal(signal.SIGKILL)
-        parent.wait()
-        deadline = time.time() + 10
-        while any(pid_running(pid) for pid in pids) and time.time() < deadline:
-            time.sleep(0.1)
-        assert not any(pid_running(pid) for pid in pids), "fairseq-preprocess (or its workers) outlived the run"
+        kill_and_expect_gone(parent, pids, "fairseq-preprocess (or its workers)")
     finally:  # whatever the outcome, leave none of the fake's sleepers behind
         if parent.poll() is None:
             parent.kill()
@@ -205,12 +210,7 @@ def test_sigkill_ends_the_tokenising_pool_too(tmp_path):
             assert parent.poll() is None and time.time() < deadline, "the pool never started"
             time.sleep(0.1)
         workers = [int(path.name) for path in marks.iterdir()]
-        parent.send_signal(signal.SIGKILL)
-        parent.wait()
-        deadline = time.time() + 10
-        while any(pid_running(pid) for pid in workers) and time.time() < deadline:
-            time.sleep(0.1)
-        assert not any(pid_running(pid) for pid in workers), "pool workers outlived the run"
+        kill_and_expect_gone(parent, workers, "pool workers")
     finally:  # whatever the outcome, leave no sleeper behind
         if parent.poll() is None:
             parent.kill()

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import sacrebleu
 import torch
 
 from helpers import REPO, TINY_TRANSFORMER, USER_DIR, json_records, run_tool
@@ -73,9 +74,20 @@ def test_generate_translates_the_test_set(trained, toy_data_bin):
     save_dir, _ = trained
     proc = run_tool("fairseq-generate", toy_data_bin, "--user-dir", USER_DIR, "--path", save_dir / "checkpoint_last.pt",
                     "--gen-subset", "test", "--beam", "2", "--batch-size", "16", "--cpu")
-    hypotheses = [line for line in proc.stdout.splitlines() if line.startswith("H-")]
-    assert len(hypotheses) == 40
-    assert "BLEU" in proc.stdout
+    lines = proc.stdout.splitlines()
+    hypotheses = {int(line[2:].split("\t")[0]): line.split("\t")[2] for line in lines if line.startswith("H-")}
+    references = {int(line[2:].split("\t")[0]): line.split("\t")[1] for line in lines if line.startswith("T-")}
+    assert sorted(hypotheses) == sorted(references) == list(range(40)), "every test sentence translated once"
+    # the BLEU fairseq prints is the corpus BLEU of exactly these hypotheses against these references
+    # (its score, n-gram precisions and brevity penalty: after 40 updates the 4-gram score may still be 0)
+    match = re.search(r"BLEU4? = ([0-9.]+), ([0-9.]+)/([0-9.]+)/([0-9.]+)/([0-9.]+) \(BP=([0-9.]+)", proc.stdout)
+    expected = sacrebleu.corpus_bleu([hypotheses[i] for i in range(40)], [[references[i] for i in range(40)]],
+                                     tokenize="none", smooth_method="none", force=True)
+    printed = [float(value) for value in match.groups()]
+    assert printed[0] == pytest.approx(expected.score, abs=0.01)
+    assert printed[1:5] == pytest.approx(expected.precisions, abs=0.1)
+    assert printed[5] == pytest.approx(expected.bp, abs=0.001)
+    assert expected.precisions[0] > 0, "40 updates on the toy pair should get some words right"
 
 
 @pytest.mark.slow

@@ -145,3 +145,35 @@ def test_compare_refuses_pairs_evaluated_on_different_references(tmp_path):
                            "--out-dir", str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error: compare.py:") and "different references" in proc.stderr
+
+
+def test_comparison_plot_shows_each_seeds_score_and_each_runs_curves():
+    """The plot's data, read back from the figure: every seed's score at its arm's position with the
+    arm's mean +- std, and every run's logged validation curve in the panels."""
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PathCollection
+
+    from scripts.compare_plot import PANELS, figure
+
+    def log(offset):
+        return {"valid": [{"valid_num_updates": str(n), "valid_nll_loss": str(3.0 - n / 100 + offset),
+                           "valid_p_target": "0.5", "valid_p_gt_half": "0.4", "valid_margin": "1.0"}
+                          for n in (10, 20, 30)],
+                "train_inner": [{"num_updates": "5", "p_target": "0.3"}]}
+
+    runs = [{"arm": "baseline", "results": {"bleu": 30.0}, "log": log(0.0)},
+            {"arm": "baseline", "results": {"bleu": 32.0}, "log": log(0.1)},
+            {"arm": "el_le0.75", "results": {"bleu": 35.0}, "log": log(0.2)}]
+    fig = figure(runs, ["baseline", "el_le0.75"], "toy", "bleu", {"bleu": "BLEU"})
+    try:
+        scores = fig.axes[0]
+        dots = sorted(tuple(map(float, point)) for collection in scores.collections
+                      if isinstance(collection, PathCollection) for point in collection.get_offsets())
+        assert dots == [(0.0, 30.0), (0.0, 32.0), (1.0, 35.0)]
+        means = sorted((line.get_xdata()[0], line.get_ydata()[0]) for line in scores.lines if line.get_marker() == "D")
+        assert means == [(pytest.approx(0.15), pytest.approx(31.0)), (pytest.approx(1.15), pytest.approx(35.0))]
+        assert PANELS[0][1] == "valid_nll_loss"
+        curves = sorted(list(line.get_ydata()) for line in fig.axes[1].lines)
+        assert curves == [pytest.approx([3.0 - n / 100 + offset for n in (10, 20, 30)]) for offset in (0.0, 0.1, 0.2)]
+    finally:
+        plt.close(fig)
