@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import REPO, repo_env, split_list
+from benchmarks.common import REPO, repo_env, split_list, write_synthetic_parallel
 from scripts.atomic_io import write_text_atomically
 
 BIN = Path(sys.executable).parent
@@ -116,28 +115,14 @@ def prepare_data(workdir: Path, args) -> Path:
     if (data_bin / "dict.tgt.txt").exists():
         return data_bin
     raw = workdir / "raw"
-    write_zipf_corpus(raw, args.vocab, args.sentences, args.seed)
+    write_synthetic_parallel(raw, (("train", args.sentences), ("valid", max(10, args.sentences // 100))),
+                             args.vocab, lengths=(8, 30), zipf=True, seed=args.seed)
     staging = data_bin.with_name(data_bin.name + ".partial")
     run([BIN / "fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt",
          "--trainpref", raw / "train", "--validpref", raw / "valid", "--destdir", staging,
          "--joined-dictionary", "--workers", "2"], workdir / "preprocess.log")
     staging.replace(data_bin)
     return data_bin
-
-
-def write_zipf_corpus(directory: Path, vocab: int, sentences: int, seed: int):
-    """Sentence pairs over a Zipf-distributed vocabulary; the target is a word-by-word mapping of the
-    reversed source. (tests/conftest.write_toy_parallel has 30 words, too few for a loss benchmark.)"""
-    rng = random.Random(seed)
-    words = [f"w{i}" for i in range(vocab)]
-    weights = [1.0 / (rank + 1) for rank in range(vocab)]
-    directory.mkdir(parents=True, exist_ok=True)
-    for split, count in (("train", sentences), ("valid", max(10, sentences // 100))):
-        with open(directory / f"{split}.src", "w") as src, open(directory / f"{split}.tgt", "w") as tgt:
-            for _ in range(count):
-                sentence = rng.choices(words, weights, k=rng.randint(8, 30))
-                src.write(" ".join(sentence) + "\n")
-                tgt.write(" ".join(f"t{w[1:]}" for w in reversed(sentence)) + "\n")
 
 
 def train(name, data_bin, workdir, args, cuda):

@@ -2,13 +2,12 @@
 interpreter's environment, a toy parallel corpus, and reading fairseq's JSON log records.
 Fixtures live in conftest.py; test modules import from here, never from each other."""
 import json
-import random
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.common import REPO, repo_env
+from benchmarks.common import REPO, repo_env, write_synthetic_parallel
 
 BIN = Path(sys.executable).parent
 USER_DIR = str(REPO / "fairseq_plugins")
@@ -34,17 +33,8 @@ def run_tool(tool, *args, cwd=None, env=None, check=True):
 
 
 def write_toy_parallel(directory: Path, sizes=(("train", 600), ("valid", 40), ("test", 40)), seed=0):
-    """A learnable toy pair: the target is the source reversed with each word mapped to another."""
-    rng = random.Random(seed)
-    words = [f"w{i}" for i in range(30)]
-    directory.mkdir(parents=True, exist_ok=True)
-    for split, count in sizes:
-        with open(directory / f"{split}.src", "w") as src, open(directory / f"{split}.tgt", "w") as tgt:
-            for _ in range(count):
-                sentence = [rng.choice(words) for _ in range(rng.randint(3, 8))]
-                src.write(" ".join(sentence) + "\n")
-                tgt.write(" ".join(w.upper() for w in reversed(sentence)) + "\n")
-    return directory
+    """A learnable toy pair: 30 words, the target the source reversed with each word mapped to another."""
+    return write_synthetic_parallel(directory, sizes, vocab=30, lengths=(3, 8), seed=seed)
 
 
 def json_records(text, kind):
