@@ -65,7 +65,7 @@ def parse_args(argv=None):
                         help="upstream gradient of the summed loss, as fp16's loss scaler sets it (default: %(default)s)")
     parser.add_argument("--reference-max-elements", type=float, default=1.5e8,
                         help="skip the reference above this many logits: it holds ~9 float32 copies "
-                             "(default: %(default).0e, i.e. up to 4096 x 32000)")
+                             "(default: %(default).2g, i.e. up to 4096 x 32000)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per case (default: %(default)s)")
     parser.add_argument("--output", type=Path, default=None, help="also write the table (markdown) and JSON rows here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one case, JSON, internal
