@@ -95,6 +95,16 @@ def kill_and_expect_gone(parent, pids, what):
     assert not any(pid_running(pid) for pid in pids), f"{what} outlived the run"
 
 
+def leave_no_sleeper(parent, pids):
+    """Whatever a test's outcome, ends the data prep process and the children it was watching."""
+    if parent.poll() is None:
+        parent.kill()
+        parent.wait()
+    for pid in pids:
+        if pid_running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
@@ -135,13 +145,8 @@ def test_sigkill_leaves_no_running_children_and_the_next_run_removes_its_partial
         partials = [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.partial-")]
         assert partials == [f".out.partial-{parent.pid}"]
         kill_and_expect_gone(parent, pids, "fairseq-preprocess (or its workers)")
-    finally:  # whatever the outcome, leave none of the fake's sleepers behind
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait()
-        for pid in pids:
-            if pid_running(pid):
-                os.kill(pid, signal.SIGKILL)
+    finally:
+        leave_no_sleeper(parent, pids)
     assert (tmp_path / f".out.partial-{parent.pid}").is_dir()
     run_script("prepare_custom.sh", *custom_args(root, out))
     assert leftovers(tmp_path) == [] and (out / "prepare.json").is_file()
@@ -211,10 +216,5 @@ def test_sigkill_ends_the_tokenising_pool_too(tmp_path):
             time.sleep(0.1)
         workers = [int(path.name) for path in marks.iterdir()]
         kill_and_expect_gone(parent, workers, "pool workers")
-    finally:  # whatever the outcome, leave no sleeper behind
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait()
-        for pid in workers:
-            if pid_running(pid):
-                os.kill(pid, signal.SIGKILL)
+    finally:
+        leave_no_sleeper(parent, workers)
