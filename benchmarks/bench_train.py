@@ -137,6 +137,8 @@ def train(name, data_bin, workdir, args, cuda):
                "--optimizer", "adam", "--lr", "1e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "20",
                "--max-tokens", str(args.max_tokens), "--max-update", str(args.max_update), "--seed", str(args.seed),
                "--log-format", "json", "--log-interval", str(args.log_interval), "--no-save",
+               # fairseq makes --save-dir even with --no-save: keep it out of the caller's directory
+               "--save-dir", workdir / f"checkpoints-{name}",
                "--disable-validation", "--num-workers", "0", *SETTINGS[name]]
     command += ["--fp16"] if cuda else ["--cpu"]
     rusage, returncode = run(command, log, check=False)
