@@ -28,6 +28,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from scripts import compare
 from scripts.atomic_io import write_text_atomically
 
 SCRIPTS = os.path.dirname(os.path.abspath(__file__))
@@ -241,11 +242,10 @@ def main(argv=None):
     if args.no_compare:
         return 0
     out_dir = args.out_dir or args.arms_dir or os.path.join(args.runs_dir, args.recipe)
-    command = [sys.executable, "-m", "scripts.compare", "--recipe", args.recipe, "--subset", args.subset,
-               "--out-dir", out_dir, "--paper-metric", args.paper_metric, "--paper-baseline", args.paper_baseline,
-               "--paper-encouraging", args.paper_encouraging, "--runs", *[run_dir for run_dir, _ in outcomes]]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.path.dirname(SCRIPTS), os.environ.get("PYTHONPATH")])))
-    return subprocess.call(command, env=env)
+    return compare.main(["--recipe", args.recipe, "--subset", args.subset, "--out-dir", out_dir,
+                         "--paper-metric", args.paper_metric, "--paper-baseline", args.paper_baseline,
+                         "--paper-encouraging", args.paper_encouraging,
+                         "--runs", *[run_dir for run_dir, _ in outcomes]])
 
 
 if __name__ == "__main__":
