@@ -5,7 +5,7 @@ Writes one fairseq-shaped checkpoint per size (model and Adam state, float32) un
 loads it --repeats times each way with a warm page cache (the file was just written, as after
 training) and prints the median times and their ratio; the files are deleted at the end.
 
-    PYTHONPATH=. python benchmarks/bench_checkpoint_check.py --sizes-mb 100,1000
+    python -m benchmarks.bench_checkpoint_check --sizes-mb 100,1000
 """
 import argparse
 import os
@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from benchmarks.common import split_list
 import fairseq_plugins  # noqa: F401  (allowlist and the checked loader)
 from fairseq_plugins import checkpoints
 from fairseq_plugins.config_literals import refuse_code_in_config
@@ -58,7 +59,7 @@ def main(argv=None):
     fairseq_load = checkpoints._fairseq_load_checkpoint_to_cpu
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, warm page cache, median of {args.repeats}")
     print(f"{'size':>9} | {'fairseq load':>12} | {'checked load':>12} | {'ratio':>5} | {'CRC only':>8} | {'config only':>11}")
-    for size_mb in (float(s) for s in args.sizes_mb.split(",") if s.strip()):
+    for size_mb in map(float, split_list(args.sizes_mb)):
         with tempfile.TemporaryDirectory(dir=args.tmp_dir) as directory:
             path = os.path.join(directory, "checkpoint_bench.pt")
             size = write_checkpoint(path, size_mb)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from benchmarks.common import REPO, repo_env, split_list, write_synthetic_parallel
 from scripts.atomic_io import write_text_atomically
+from scripts.compare import read_log
 
 BIN = Path(sys.executable).parent
 CUDA_PEAK_KEY = "cuda_peak_allocated_mb"
@@ -144,8 +145,7 @@ def train(name, data_bin, workdir, args, cuda):
     rusage, returncode = run(command, log, check=False)
     if returncode != 0:
         return dict(setting=name, error=f"fairseq-train failed ({returncode}), see {log}")
-    intervals = [json.loads(line[line.index("{"):]) for line in log.read_text().splitlines()
-                 if '"wps"' in line and "{" in line and '"train_wps"' not in line]
+    intervals = [entry for entry in read_log(log).get("train_inner", []) if "wps" in entry]
     if len(intervals) < 2:
         return dict(setting=name, error=f"fewer than two logged intervals in {log}; raise --max-update")
     wps = statistics.median(float(entry["wps"]) for entry in intervals[1:])

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from data_prep.processes import pid_alive
 from data_prep.settings import Settings
 from data_prep.textfiles import DataPrepError, write_lines
 from data_prep.tools import SPLITS, encode_lines, run_fairseq_preprocess, train_sentencepiece
@@ -78,19 +79,6 @@ def check_out_dir(out_dir: Path) -> None:
                                 "elsewhere first (a rebuild replaces the whole directory)")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    try:  # a killed run's zombie, not yet reaped, is not running either
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return True
-
-
 def remove_stale_work_dirs(out_dir: Path) -> None:
     """Deletes the temporary directories of earlier runs for `out_dir` whose process is gone (killed,
     or the machine went down); those of a run still going are left alone."""
@@ -101,7 +89,7 @@ def remove_stale_work_dirs(out_dir: Path) -> None:
         found = pattern.fullmatch(path.name)
         if not found:
             continue
-        if _pid_alive(int(found.group(2))):
+        if pid_alive(int(found.group(2))):
             LOG.info("leaving %s: its run (PID %s) is still going", path, found.group(2))
             continue
         LOG.info("removing %s, left by a run that was killed", path)

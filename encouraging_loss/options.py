@@ -30,7 +30,8 @@ def check_option(ok: bool, field: str, requirement: str, value) -> None:
         raise OptionError(field, requirement, value)
 
 
-def _is_number(value) -> bool:
+def is_finite_number(value) -> bool:
+    """A real number, not a bool, not inf or nan."""
     return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -53,7 +54,7 @@ class EncouragingLossOptions:
     def __post_init__(self):
         def check(field, requirement, in_range):
             value = getattr(self, field)
-            check_option(_is_number(value) and in_range(value), field, requirement, value)
+            check_option(is_finite_number(value) and in_range(value), field, requirement, value)
 
         check("label_smoothing", "in [0, 1)", lambda v: 0.0 <= v < 1.0)
         if self.el_label_smoothing is not None:

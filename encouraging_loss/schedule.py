@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from numbers import Real
 
-from .options import check_option
+from .options import check_option, is_finite_number
 
 SCHEDULES = ("constant", "linear", "exp", "cosine")
 
@@ -49,8 +48,7 @@ class BonusSchedule:
                          field, "an integer >= 0", value)
         check_option(self.kind != "constant" or self.warmup_updates == 0, "warmup_updates",
                      "0 unless a warm-up schedule (linear, exp or cosine) is chosen", self.warmup_updates)
-        check_option(isinstance(self.exp_ratio, Real) and not isinstance(self.exp_ratio, bool)
-                     and math.isfinite(self.exp_ratio) and self.exp_ratio > 0, "exp_ratio",
+        check_option(is_finite_number(self.exp_ratio) and self.exp_ratio > 0, "exp_ratio",
                      "a finite number > 0", self.exp_ratio)
 
     @property

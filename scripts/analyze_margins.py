@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from scripts.atomic_io import atomic_open, write_text_atomically
+from scripts.run_json import RunRecordError, read_fields
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKETS = (("frequent", 0.5), ("medium", 0.9), ("rare", 1.0))
@@ -58,9 +59,8 @@ def resolve_model(path):
 def data_bin(data_dir, first_run):
     if data_dir is None and first_run:
         try:
-            with open(os.path.join(first_run, "run.json"), encoding="utf-8") as handle:
-                data_dir = json.load(handle)["data_dir"]
-        except (OSError, ValueError, KeyError):
+            [data_dir] = read_fields(os.path.join(first_run, "run.json"), ["data_dir"])
+        except (RunRecordError, OSError):
             data_dir = None
     if data_dir is None:
         raise AnalysisError("--data-dir is needed (no run directory whose run.json names the corpus)")
@@ -125,9 +125,8 @@ def frequency_buckets(dictionary):
     cumulative = np.cumsum(counts[order]) / max(counts.sum(), 1)
     names = np.empty(len(counts), dtype=object)
     lower = 0.0
+    starts = np.concatenate([[0.0], cumulative[:-1]])  # a type belongs to the bucket where its share of the mass starts
     for name, upper in BUCKETS:
-        # a type belongs to the bucket where its share of the mass starts
-        starts = np.concatenate([[0.0], cumulative[:-1]])
         names[order[(starts >= lower) & (starts < upper)]] = name
         lower = upper
     names[: dictionary.nspecial] = "frequent"

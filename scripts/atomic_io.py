@@ -19,20 +19,12 @@ import os
 import re
 import sys
 
+from data_prep.processes import pid_alive
+
 
 def partial_path(path):
     directory, name = os.path.split(os.fspath(path))
     return os.path.join(directory, f".{name}.{os.getpid()}.partial")
-
-
-def _running(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
 
 
 def remove_stale_partials(path):
@@ -41,7 +33,7 @@ def remove_stale_partials(path):
     pattern = re.compile(rf"\.{re.escape(name)}\.(\d+)\.partial")
     for leftover in glob.glob(os.path.join(glob.escape(directory or "."), f".{glob.escape(name)}.*.partial")):
         match = pattern.fullmatch(os.path.basename(leftover))
-        if match and int(match.group(1)) != os.getpid() and not _running(int(match.group(1))):
+        if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(leftover)
 

@@ -27,8 +27,8 @@ import sys
 
 from scripts.atomic_io import write_text_atomically
 from scripts.compare_plot import plot
-from scripts.score_translations import ScoringError, read_generate_output
-from scripts.significance import N_SAMPLES, bleu_metric, in_words, paired_bootstrap
+from scripts.score_translations import ScoringError, bleu_metric, read_generate_output
+from scripts.significance import N_SAMPLES, in_words, paired_bootstrap
 
 METRICS = {
     "tokenized_bleu": "tokenised BLEU (fairseq)",

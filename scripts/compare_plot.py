@@ -1,6 +1,8 @@
 """The comparison plot of scripts/compare.py: one figure over all arms, one colour per arm: test BLEU per
 seed with the arm's mean +- std, the validation curves and the target-probability diagnostics that
 the encouraging_ls criterion logs (p_target, p_gt_half, margin)."""
+import statistics
+
 from scripts.atomic_io import atomic_open
 
 PANELS = [
@@ -50,8 +52,8 @@ def figure(runs, arms, recipe, metric, metric_labels):
         values = [r["results"].get(metric) for r in runs if r["arm"] == arm and r["results"].get(metric) is not None]
         if values:
             bleu_axis.scatter([index] * len(values), values, color=colours[arm], alpha=0.7, s=18)
-            mean = sum(values) / len(values)
-            spread = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+            mean = statistics.fmean(values)
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
             bleu_axis.errorbar([index + 0.15], [mean], yerr=[spread], color=colours[arm], fmt="D", capsize=4)
     bleu_axis.set_xticks(range(len(arms)))
     bleu_axis.set_xticklabels(arms, rotation=30, ha="right", fontsize=8)

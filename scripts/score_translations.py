@@ -52,11 +52,17 @@ def read_generate_output(path):
     return [hypotheses[i] for i in ids], [references[i] for i in ids]
 
 
+def bleu_metric(tokenized, lowercase=False):
+    """The two BLEUs of the project. tokenized=True: BLEU on whitespace-split tokens, unsmoothed, which
+    is fairseq's BLEU scorer (each line encoded word by word with Dictionary.encode_line, then 4-gram
+    BLEU with the brevity penalty) on the same text; else sacreBLEU's default (13a) on detokenised text."""
+    if tokenized:
+        return sacrebleu.BLEU(tokenize="none", smooth_method="none", force=True)
+    return sacrebleu.BLEU(lowercase=lowercase)
+
+
 def tokenised_bleu(hypotheses, references):
-    """BLEU on whitespace-split tokens, unsmoothed: fairseq's BLEU scorer (each line encoded word by
-    word with Dictionary.encode_line, then 4-gram BLEU with the brevity penalty) on the same text."""
-    metric = sacrebleu.BLEU(tokenize="none", smooth_method="none", force=True)
-    return round(metric.corpus_score(hypotheses, [references]).score, 2)
+    return round(bleu_metric(tokenized=True).corpus_score(hypotheses, [references]).score, 2)
 
 
 def split_compounds(lines):
@@ -93,7 +99,7 @@ def score(generate_output, data_dir, subset, tgt_lang, compound_split=False):
         raise ScoringError(f"{raw_path} has {len(raw_refs)} lines but {generate_output} has "
                            f"{len(hypotheses)} hypotheses")
     detokenised = detokenise(hypotheses, postprocess, tgt_lang)
-    metric = sacrebleu.BLEU(lowercase="compare-lowercased" in postprocess)
+    metric = bleu_metric(tokenized=False, lowercase="compare-lowercased" in postprocess)
     sacre = metric.corpus_score(detokenised, [raw_refs])
     results = {
         "tokenized_bleu": tokenised_bleu(hypotheses, tokenised_refs),

@@ -13,18 +13,10 @@ Identical outputs: sacreBLEU's p-value counts resampled statistics strictly abov
 smallest p, 1/(n+1). There is nothing to test then; the result says so and reports p = 1.
 """
 import numpy as np
-import sacrebleu
 from sacrebleu.significance import PairedTest, _bootstrap_resample
 
 N_SAMPLES = 1000
 LEVEL = 0.05
-
-
-def bleu_metric(tokenized, lowercase=False):
-    """tokenized=True: BLEU on text already split at spaces (fairseq's tokenised BLEU); else sacreBLEU's 13a."""
-    if tokenized:
-        return sacrebleu.BLEU(tokenize="none", smooth_method="none", force=True)  # as score_translations.tokenised_bleu
-    return sacrebleu.BLEU(lowercase=lowercase)
 
 
 def paired_differences(hypotheses_a, hypotheses_b, references, metric, n_samples=N_SAMPLES):

@@ -8,6 +8,7 @@ a one-line warning says so and the chunked path runs on the GPU instead.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Dict, Optional
 
@@ -166,9 +167,10 @@ def triton_verified(options: EncouragingLossOptions, device, dtype: torch.dtype)
 
     rho only scales the bonus (and a schedule changes it every update), so it is not part of the
     option set checked. On an error or a mismatch: one warning line, and False from then on."""
-    options = options.with_rho(1.0)
-    key = (options, str(device), dtype)
-    if key not in _VERIFIED:
+    key = (*(getattr(options, f.name) for f in dataclasses.fields(options) if f.name != "bonus_rho"),
+           str(device), dtype)
+    if key not in _VERIFIED:  # validated options are only rebuilt on a miss
+        options = options.with_rho(1.0)
         try:
             problem = _triton_mismatch(options, torch.device(device), dtype)
         except Exception as error:  # a compile error, a launch failure: anything means "do not use it"

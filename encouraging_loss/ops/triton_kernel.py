@@ -61,7 +61,8 @@ def triton_sweep(logits, index, options, sums, grad, grad_weight, grad_row_scale
         *sums,
         vocab, logits.stride(0),
         nll_weight, smooth_weight, target_weight, others_weight, options.bonus_rho,
-        options.clamped_log_end, options.bonus_gamma, options.bonus_start, float(bonus_offset(options)),
+        options.clamped_log_end, options.bonus_gamma, options.bonus_start,
+        float(bonus_offset(options)) if options.bonus_start > 0 else 0.0,  # read only with HAS_START
         FP16_GRAD_HEADROOM, MAX_GRAD_ROW_SCALE,
         BONUS=BONUS_CODES[options.bonus], HAS_START=options.bonus_start > 0, OTHERS=others_weight != 0.0,
         WITH_GRAD=with_grad, ROW_SCALE=grad_row_scale is not None, BLOCK=block,

@@ -1,5 +1,4 @@
 """A run killed mid-epoch and resumed from checkpoint_last.pt ends where an uninterrupted run ends."""
-import os
 import signal
 import subprocess
 import time
@@ -7,7 +6,7 @@ import time
 import pytest
 import torch
 
-from helpers import BIN, REPO, TINY_TRANSFORMER, USER_DIR, json_records, run_tool
+from helpers import BIN, REPO, TINY_TRANSFORMER, USER_DIR, json_records, repo_env, run_tool
 
 # the bonus is warmed in linearly over updates 3..27, so the kill lands inside the schedule
 TRAIN = [*TINY_TRANSFORMER, "--user-dir", USER_DIR, "--task", "translation_encouraging", "--bonus-schedule", "linear",
@@ -29,7 +28,7 @@ def test_killed_run_resumes_to_the_same_end(toy_data_bin, tmp_path):
     whole_updates, whole_valid = last_records(reference.stderr + reference.stdout)
 
     save_dir = tmp_path / "killed"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = repo_env()
     proc = subprocess.Popen([str(BIN / "fairseq-train"), str(toy_data_bin), *TRAIN, "--save-dir", str(save_dir)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=REPO)
     deadline = time.time() + 300

@@ -1,7 +1,6 @@
 """The Python helpers of the shell scripts, run as modules (python -m scripts.NAME): scoring
 (score_translations), the atomic writer (atomic_io) and the run record (run_json)."""
 import json
-import os
 import random
 import signal
 import subprocess
@@ -10,11 +9,11 @@ import sys
 import pytest
 import sacrebleu
 
-from helpers import REPO
+from helpers import REPO, repo_env
 
 
 def run_module(name, *args, cwd=REPO, stdin=None, check=True):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = repo_env()
     proc = subprocess.run([sys.executable, "-m", f"scripts.{name}", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, input=stdin)
     if check:

@@ -9,7 +9,8 @@ import sacrebleu
 
 from helpers import REPO
 
-from scripts.significance import bleu_metric, in_words, paired_bootstrap, paired_differences
+from scripts.score_translations import bleu_metric
+from scripts.significance import in_words, paired_bootstrap, paired_differences
 
 WORDS = [f"w{i}" for i in range(60)]
 
