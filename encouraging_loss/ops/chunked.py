@@ -149,16 +149,18 @@ def _chunk(logits, index, options, work, sums, grad_and_weight, grad_row_scale):
     nll_weight, smooth_weight = smoothing_weights(options.label_smoothing, vocab)
     target_weight, others_weight = bonus_weights(options, vocab)
     rho = options.bonus_rho
-    slope_sum = target_weight * target.slope
-    if slope_part is not None:
-        slope_sum = slope_sum + others_weight * slope_factor * slope_part.sum(-1)
-    probs_factor = 1.0 - rho * slope_sum
+    others_slope = 0.0 if slope_part is None else others_weight * slope_factor * slope_part.sum(-1)
+    probs_factor = 1.0 - rho * (target_weight * target.slope + others_slope)
     chunk_grad = work.grad[:rows] if work.grad is not None else grad
     torch.mul(exps, (probs_factor * target.inv_total * weight).unsqueeze(-1), out=chunk_grad)
     if rho != 0.0 and slope_part is not None:
         chunk_grad.addcmul_(slope_part, (rho * others_weight * slope_factor * weight).unsqueeze(-1))
     chunk_grad.sub_((smooth_weight * weight).unsqueeze(-1))
-    target_grad = (target.prob * probs_factor + rho * target_weight * target.slope
+    # The target's own entry p_y (1 - rho S) + rho w_y g_y, regrouped as
+    # p_y (1 - rho S_others) + rho w_y g_y (1 - p_y): near p_y = 1, g_y = p_y b'(p_y) reaches
+    # -2^24 (LE = 1), and 1 - rho S would lose p_y to rounding; 1 - p_y is exact from the others' sum.
+    one_minus_prob = sums.others_sum * target.inv_total
+    target_grad = (target.prob * (1.0 - rho * others_slope) + rho * target_weight * target.slope * one_minus_prob
                    - nll_weight - smooth_weight) * weight
     chunk_grad.scatter_(-1, index, target_grad.unsqueeze(-1))
     if grad_row_scale is not None:

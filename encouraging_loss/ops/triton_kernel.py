@@ -161,10 +161,14 @@ if triton is not None:
             # dL/dz_k = weight [p_k (1 - rho S) + rho w_k p_k b'(p_k) - q_k], as in chunked._chunk.
             weight = tl.load(weight_ptr + row)
             target_prob = target_exp * inv_total
-            _, target_slope = _bonus_and_slope(target_prob, others_exp_sum * inv_total, log_end,
-                                                         gamma, start, offset, BONUS, HAS_START)
+            one_minus_target_prob = others_exp_sum * inv_total  # exact as p_y -> 1
+            _, target_slope = _bonus_and_slope(target_prob, one_minus_target_prob, log_end,
+                                               gamma, start, offset, BONUS, HAS_START)
             probs_factor = 1.0 - rho * (target_weight * target_slope + others_weight * others_slope)
-            target_grad = (target_prob * probs_factor + rho * target_weight * target_slope
+            # p_y (1 - rho S) + rho w_y g_y regrouped as p_y (1 - rho S_others) + rho w_y g_y (1 - p_y),
+            # as in chunked._chunk: 1 - rho S loses p_y when g_y is about -2^24 (LE = 1, p_y -> 1).
+            target_grad = (target_prob * (1.0 - rho * others_weight * others_slope)
+                           + rho * target_weight * target_slope * one_minus_target_prob
                            - nll_weight - smooth_weight) * weight
             scale = 1.0
             if ROW_SCALE:

@@ -95,6 +95,22 @@ def test_plain_bonus_matches_reference_where_conditioning_allows():
                                rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("options", [dict(log_end=1.0, label_smoothing=0.0, bonus_rho=1.0),
+                                     dict(log_end=1.0, label_smoothing=0.1, bonus_rho=2.0)])
+def test_saturated_target_with_the_plain_bonus(dtype, options):
+    """p_y rounds to 1 (logits [60, 0, ...]) at LE = 1: the bonus slope p_y b'(p_y) is about -2^24,
+    and the target's gradient must not lose p_y to 1 - rho S (it read -1.0 and 1.1 instead of 0.0
+    and 0.1). Expected: the float64 reference on the same rounded logits."""
+    logits = torch.zeros(2, 40, dtype=dtype)
+    logits[:, 0] = 60.0
+    target = torch.tensor([0, 0])
+    fused, fused_grad = run("fused", logits, target, options, "sum")
+    exact, exact_grad = run("reference", logits.double(), target, options, "sum")
+    torch.testing.assert_close(fused_grad.double(), exact_grad, rtol=0, atol=2e-3 if dtype != torch.float32 else 1e-6)
+    torch.testing.assert_close(fused.loss.double(), exact.loss, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("rows,vocab,chunk", [(37, 1000, 999), (64, 257, 257 * 7), (5, 3, 1 << 18), (9, 2, 5)])
 def test_chunkings_and_vocab_sizes(rows, vocab, chunk):
     """One row a chunk (chunk < V), uneven chunks, a single chunk, tiny vocabularies."""
