@@ -1,6 +1,15 @@
 """Fixtures shared by every layer's tests; plain helpers are in helpers.py (this folder is on sys.path
 because this file is here, so test modules in the subfolders import ``helpers`` directly)."""
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests: a fixed, derandomised budget by default (the same examples on every run, fast enough
+# for `make test`); `make test-deep` (pytest --hypothesis-profile=deep) searches far more widely.
+settings.register_profile("ci", max_examples=150, derandomize=True, deadline=None, database=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+settings.register_profile("deep", max_examples=3000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+settings.load_profile("ci")
 
 from helpers import REPO, run_tool, write_toy_parallel
 

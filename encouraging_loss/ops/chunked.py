@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
 from ..bonus import bonus_value_and_slope
 from ..options import OptionError, bonus_weights, smoothing_weights
-from .rows import FP16_GRAD_HEADROOM, MAX_GRAD_ROW_SCALE, RowSums, target_terms
+from .rows import FP16_GRAD_HEADROOM, MAX_GRAD_ROW_SCALE, RowSums, needs_exact_top, target_terms
 
 # Elements per chunk: large enough that PyTorch's per-op overhead is amortised, small enough that
 # the chunk's three work buffers stay in the CPU's cache (see benchmarks/bench_loss.py --chunk-elements).
@@ -135,10 +135,14 @@ def _chunk(logits, index, options, work, sums, grad_and_weight, grad_row_scale):
     torch.sum(exps, -1, out=sums.others_sum)
     target = target_terms(sums.target_shifted, sums.others_sum, options)
 
-    slope_part = slope_factor = None
+    slope_part = slope_factor = top = None
     if options.bonus_smoothing != 0.0:
+        if needs_exact_top(options, vocab):
+            top = _take_confident_top(exps, target, sums, options)
         bonus_sum, slope_part, slope_factor = _others_bonus(exps, target.inv_total, sums.others_max,
                                                             options, work)
+        if top is not None:
+            bonus_sum = bonus_sum + top.bonus
         sums.others_bonus.copy_(bonus_sum)
     if grad_and_weight is None:
         return
@@ -149,7 +153,8 @@ def _chunk(logits, index, options, work, sums, grad_and_weight, grad_row_scale):
     nll_weight, smooth_weight = smoothing_weights(options.label_smoothing, vocab)
     target_weight, others_weight = bonus_weights(options, vocab)
     rho = options.bonus_rho
-    others_slope = 0.0 if slope_part is None else others_weight * slope_factor * slope_part.sum(-1)
+    rest_slope = 0.0 if slope_part is None else slope_factor * slope_part.sum(-1)
+    others_slope = others_weight * (rest_slope if top is None else rest_slope + top.slope)
     probs_factor = 1.0 - rho * (target_weight * target.slope + others_slope)
     chunk_grad = work.grad[:rows] if work.grad is not None else grad
     torch.mul(exps, (probs_factor * target.inv_total * weight).unsqueeze(-1), out=chunk_grad)
@@ -163,6 +168,11 @@ def _chunk(logits, index, options, work, sums, grad_and_weight, grad_row_scale):
     target_grad = (target.prob * (1.0 - rho * others_slope) + rho * target_weight * target.slope * one_minus_prob
                    - nll_weight - smooth_weight) * weight
     chunk_grad.scatter_(-1, index, target_grad.unsqueeze(-1))
+    if top is not None:  # the same regrouping for a non-target class with p > 1/2 (its entry was 0 above)
+        top_grad = (top.prob * (1.0 - rho * (target_weight * target.slope + others_weight * rest_slope))
+                    + rho * others_weight * top.slope * top.one_minus_prob - smooth_weight) * weight
+        current = chunk_grad.gather(-1, top.index).squeeze(-1)
+        chunk_grad.scatter_(-1, top.index, torch.where(top.confident, top_grad, current).unsqueeze(-1))
     if grad_row_scale is not None:
         peak = chunk_grad.abs().amax(-1).clamp_min(1e-30)
         scale = torch.exp2(torch.floor(torch.log2(FP16_GRAD_HEADROOM / peak))).clamp(1.0, MAX_GRAD_ROW_SCALE)
@@ -170,6 +180,33 @@ def _chunk(logits, index, options, work, sums, grad_and_weight, grad_row_scale):
         grad_row_scale.copy_(scale)
     if chunk_grad is not grad:
         grad.copy_(chunk_grad)
+
+
+class _ConfidentTop(NamedTuple):
+    """Per row: the class other than the target with p > 1/2 (``confident``), and its exact terms."""
+    confident: torch.Tensor
+    index: torch.Tensor  # (rows, 1)
+    prob: torch.Tensor
+    one_minus_prob: torch.Tensor
+    bonus: torch.Tensor  # b(p), 0 where not confident
+    slope: torch.Tensor  # p b'(p), 0 where not confident
+
+
+def _take_confident_top(exps, target, sums, options) -> Optional[_ConfidentTop]:
+    """Removes from ``exps`` (unnormalised, target entry 0) each row's class other than the target with
+    p > 1/2, if any, and returns its terms from the exact 1 - p = (e_y + sum of the rest) / total; None
+    when no row has one. Such a class is the row max (exps 1) and unique: a second would halve it."""
+    prob = sums.others_max.exp() * target.inv_total
+    confident = prob > 0.5
+    if not bool(confident.any()):
+        return None
+    index = exps.argmax(-1, keepdim=True)
+    exps.scatter_(-1, index, torch.where(confident, 0.0, exps.gather(-1, index).squeeze(-1)).unsqueeze(-1))
+    one_minus_prob = (sums.target_shifted.exp() + exps.sum(-1)) * target.inv_total
+    bonus, slope = bonus_value_and_slope(prob, one_minus_prob, options)
+    zero = torch.zeros((), dtype=prob.dtype, device=prob.device)
+    return _ConfidentTop(confident, index, prob, one_minus_prob, torch.where(confident, bonus, zero),
+                         torch.where(confident, slope, zero))
 
 
 def _others_bonus(exps, inv_total, others_max, options, work):

@@ -22,6 +22,16 @@ FP16_GRAD_HEADROOM = 2.0**14
 MAX_GRAD_ROW_SCALE = 2.0**40
 
 
+def needs_exact_top(options, vocab: int) -> bool:
+    """Whether a class other than the target with p near 1 needs its 1 - p to full relative precision.
+
+    Its b and g = p b'(p) carry 1 - p's rounding (about 2^-24) divided by 1 - min(p, LE), weighted by
+    w_j = eps_b / V: negligible unless LE is near 1 (the plain bonus) with bonus smoothing. Only the
+    log bonus divides by 1 - p; power and cosine slopes are bounded."""
+    others_weight = bonus_weights(options, vocab)[1]
+    return options.bonus == "log" and others_weight > 1.0 - options.clamped_log_end
+
+
 class RowSums(NamedTuple):
     """Per-row results of a sweep, on logits shifted by the row max m (z - m)."""
 

@@ -29,7 +29,7 @@ except ImportError:
 
 from ..bonus import bonus_offset
 from ..options import bonus_weights, smoothing_weights
-from .rows import FP16_GRAD_HEADROOM, MAX_GRAD_ROW_SCALE, RowSums
+from .rows import FP16_GRAD_HEADROOM, MAX_GRAD_ROW_SCALE, RowSums, needs_exact_top
 
 BONUS_CODES = {"log": 0, "power": 1, "cosine": 2}
 # Tile width in elements: wide enough for full-width vector loads, small enough for registers.
@@ -65,7 +65,8 @@ def triton_sweep(logits, index, options, sums, grad, grad_weight, grad_row_scale
         float(bonus_offset(options)) if options.bonus_start > 0 else 0.0,  # read only with HAS_START
         FP16_GRAD_HEADROOM, MAX_GRAD_ROW_SCALE,
         BONUS=BONUS_CODES[options.bonus], HAS_START=options.bonus_start > 0, OTHERS=others_weight != 0.0,
-        WITH_GRAD=with_grad, ROW_SCALE=grad_row_scale is not None, BLOCK=block,
+        WITH_GRAD=with_grad, ROW_SCALE=grad_row_scale is not None,
+        EXACT_TOP=others_weight != 0.0 and needs_exact_top(options, vocab), BLOCK=block,
         num_warps=8 if block >= 2048 else 4,
     )
 
@@ -107,7 +108,7 @@ if triton is not None:
         nll_weight, smooth_weight, target_weight, others_weight, rho,
         log_end, gamma, start, offset, headroom, max_scale,
         BONUS: tl.constexpr, HAS_START: tl.constexpr, OTHERS: tl.constexpr,
-        WITH_GRAD: tl.constexpr, ROW_SCALE: tl.constexpr, BLOCK: tl.constexpr,
+        WITH_GRAD: tl.constexpr, ROW_SCALE: tl.constexpr, EXACT_TOP: tl.constexpr, BLOCK: tl.constexpr,
     ):
         row = tl.program_id(0).to(tl.int64)
         row_logits = logits_ptr + row * row_stride
@@ -137,19 +138,38 @@ if triton is not None:
         inv_total = 1.0 / (others_exp_sum + target_exp)
 
         # Pass 2: sum_{j != y} b(p_j), sum_{j != y} p_j b'(p_j) and its largest magnitude.
+        # With EXACT_TOP (rows.needs_exact_top), a class other than the target with p > 1/2 is left
+        # out of the sums and added after them from its exact 1 - p = (e_y + the rest's exp-sum) / total.
         others_bonus = 0.0
         others_slope = 0.0
         others_slope_peak = 0.0
+        top_prob = tl.exp(others_max - row_max) * inv_total
+        confident = EXACT_TOP & (top_prob > 0.5)  # then unique, and the row max
+        rest_exp_sum = 0.0
         if OTHERS:
             for tile in range(0, vocab, BLOCK):
                 cols = tile + lanes
                 inside = cols < vocab
                 z = tl.load(row_logits + cols, mask=inside, other=float("-inf")).to(tl.float32)
-                p = tl.where(cols == target, 0.0, tl.exp(z - row_max) * inv_total)
+                excluded = (cols == target) | (confident & (z == others_max))
+                p = tl.where(excluded, 0.0, tl.exp(z - row_max) * inv_total)
                 value, slope = _bonus_and_slope(p, 1.0 - p, log_end, gamma, start, offset, BONUS, HAS_START)
                 others_bonus += tl.sum(value, axis=0)
                 others_slope += tl.sum(slope, axis=0)
                 others_slope_peak = tl.maximum(others_slope_peak, tl.max(tl.abs(slope), axis=0))
+                if EXACT_TOP:
+                    rest_exp_sum += tl.sum(tl.where(excluded, 0.0, tl.exp(z - row_max)), axis=0)
+        rest_slope = others_slope
+        top_one_minus_prob = (target_exp + rest_exp_sum) * inv_total
+        top_slope = 0.0
+        if EXACT_TOP:
+            top_value, top_slope = _bonus_and_slope(top_prob, top_one_minus_prob, log_end, gamma, start, offset,
+                                                    BONUS, HAS_START)
+            top_value = tl.where(confident, top_value, 0.0)
+            top_slope = tl.where(confident, top_slope, 0.0)
+            others_bonus += top_value
+            others_slope += top_slope
+            others_slope_peak = tl.maximum(others_slope_peak, tl.abs(top_slope))
 
         tl.store(shifted_sum_ptr + row, row_sum - vocab * row_max)
         tl.store(target_shifted_ptr + row, target_shifted)
@@ -188,6 +208,10 @@ if triton is not None:
                 if OTHERS:
                     value, slope = _bonus_and_slope(p, 1.0 - p, log_end, gamma, start, offset, BONUS, HAS_START)
                     entry += rho * others_weight * slope
+                if EXACT_TOP:  # as for the target: p (1 - rho S_rest) + rho w g (1 - p), 1 - p exact
+                    top_entry = (top_prob * (1.0 - rho * (target_weight * target_slope + others_weight * rest_slope))
+                                 + rho * others_weight * top_slope * top_one_minus_prob - smooth_weight)
+                    entry = tl.where(confident & (z == others_max) & (cols != target), top_entry, entry)
                 entry = tl.where(cols == target, target_grad, entry * weight) * scale
                 tl.store(row_grad + cols, entry.to(grad_ptr.dtype.element_ty), mask=inside)
 
