@@ -8,9 +8,11 @@ resampling each system's sufficient statistics with it pairs resample i of one s
 i of the other; the interval is the 2.5th..97.5th percentile of the paired differences, taken the
 way sacreBLEU's estimate_ci takes its bounds.
 
-Identical outputs: sacreBLEU's p-value counts resampled statistics strictly above the observed one
-("a zero difference should not be attributed to chance"), so two identical systems would get its
-smallest p, 1/(n+1). There is nothing to test then; the result says so and reports p = 1.
+Ties: sacreBLEU's p-value counts resampled statistics strictly above the observed one ("a zero
+difference should not be attributed to chance"), so two systems with the same score and no spread
+over the resamples (identical outputs, or different outputs that both score BLEU 0) would get its
+smallest p, 1/(n+1), and read as significant. A tie favours neither system: the result reports
+p = 1 for it, and says whether the outputs are identical.
 """
 import numpy as np
 from sacrebleu.significance import PairedTest, _bootstrap_resample
@@ -39,16 +41,17 @@ def paired_bootstrap(hypotheses_a, hypotheses_b, references, metric, n_samples=N
                                     [list(references)], test_type="bs", n_samples=n_samples)()
     (name, [result_a, result_b]), = [(key, value) for key, value in scores.items() if key != "System"]
     identical = list(hypotheses_a) == list(hypotheses_b)
+    tie = identical or result_a.score == result_b.score
     differences = np.sort(paired_differences(hypotheses_a, hypotheses_b, references, metric, n_samples))
     lower = len(differences) // 40  # estimate_ci's 95% bounds
-    p_value = 1.0 if identical else float(result_b.p_value)
+    p_value = 1.0 if tie else float(result_b.p_value)
     return {
         "bleu_a": round(result_a.score, 2), "bleu_b": round(result_b.score, 2),
         "delta": round(result_b.score - result_a.score, 2),
         "p_value": round(p_value, 4),
         "ci_low": round(float(differences[lower]), 2), "ci_high": round(float(differences[-lower - 1]), 2),
         "significant": bool(p_value < LEVEL),
-        "identical": identical,
+        "identical": identical, "tie": tie,
         "sentences": len(references), "n_samples": n_samples,
         "signature": str(signatures[name]),
     }
@@ -58,6 +61,8 @@ def in_words(name_a, name_b, result):
     """One sentence: which arm is better, by how much, and whether that is significant at p < 0.05."""
     if result["identical"]:
         return f"{name_b} and {name_a} produce identical translations"
+    if result.get("tie"):
+        return f"{name_b} and {name_a} score the same, {result['bleu_a']:.2f} BLEU: a tie, not significant"
     ci = f"95% CI of the difference [{result['ci_low']:+.2f}, {result['ci_high']:+.2f}]"
     verdict = (f"significant at p < {LEVEL}" if result["significant"] else f"not significant at p < {LEVEL}")
     if result["significant"] and result["ci_low"] <= 0 <= result["ci_high"]:

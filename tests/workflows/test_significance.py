@@ -35,6 +35,39 @@ def test_identical_systems_are_not_different():
     assert "identical" in in_words("A", "B", result)
 
 
+def test_a_tie_between_different_outputs_is_never_significant():
+    """Two different systems that both score BLEU 0 (no 4-gram matches) have no spread over the
+    resamples; sacreBLEU's count of resamples strictly above the observed difference gives them p =
+    1/(n+1), which read "significant" before."""
+    references = corpus()
+    vocabulary_a, vocabulary_b = ["x1", "x2", "x3"], ["y1", "y2"]
+    a = [" ".join(vocabulary_a[(i + j) % 3] for j in range(8)) for i in range(len(references))]
+    b = [" ".join(vocabulary_b[(i + j) % 2] for j in range(9)) for i in range(len(references))]
+    metric = bleu_metric(tokenized=True)
+    assert metric.corpus_score(a, [references]).score == metric.corpus_score(b, [references]).score == 0.0
+    result = paired_bootstrap(a, b, references, metric, n_samples=300)
+    assert not result["identical"] and result["tie"]
+    assert result["p_value"] == 1.0 and not result["significant"]
+    assert "a tie, not significant" in in_words("A", "B", result)
+
+
+def test_the_interval_is_the_central_95_percent_of_the_paired_differences():
+    """2.5% of the resampled differences lie below the interval and 2.5% above it (a 90% interval
+    would leave 5% on each side)."""
+    references = corpus()
+    a, b = noisy(references, 0.6, seed=5), noisy(references, 0.65, seed=6)
+    metric = bleu_metric(tokenized=True)
+    n = 800
+    result = paired_bootstrap(a, b, references, metric, n_samples=n)
+    differences = paired_differences(a, b, references, metric, n_samples=n)
+    tail = 0.025 * n
+    below, above = (differences < result["ci_low"] - 0.005).sum(), (differences > result["ci_high"] + 0.005).sum()
+    assert below <= tail and above <= tail, (below, above)
+    # and no narrower: the bounds sit at the 2.5th and 97.5th percentiles, not inside them
+    assert (differences <= result["ci_low"] + 0.005).sum() >= tail - 1
+    assert (differences >= result["ci_high"] - 0.005).sum() >= tail - 1
+
+
 def test_systems_of_equal_quality_are_not_significant():
     references = corpus()
     a, b = noisy(references, 0.7, seed=1), noisy(references, 0.7, seed=2)
