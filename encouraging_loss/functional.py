@@ -71,12 +71,13 @@ def encouraging_loss(logits: torch.Tensor, target: torch.Tensor,
     check_call_options(reduction, impl)
     check_option(isinstance(chunk_elements, int) and chunk_elements >= 1, "chunk_elements", "an integer >= 1",
                  chunk_elements)
+    check_arguments(logits, target, ignore_index)
     logits = _classes_last(logits, target, class_dim)
 
     vocab = logits.size(-1)
+    check_option(vocab >= 1, "logits", "at least one class (size >= 1 on the class dimension)", tuple(logits.shape))
     flat_logits = logits.reshape(-1, vocab)
-    flat_target = target.reshape(-1)
-    flat_target = check_targets(flat_target, vocab, ignore_index)
+    flat_target = check_targets(target.reshape(-1), vocab, ignore_index)
     valid = flat_target.ne(ignore_index)
     math_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     row_weight = None
@@ -102,6 +103,22 @@ def encouraging_loss(logits: torch.Tensor, target: torch.Tensor,
                                  bonus=reduce(terms.bonus), stats=terms.stats)
 
 
+INT64_RANGE = (-(2**63), 2**63 - 1)
+
+
+def check_arguments(logits, target, ignore_index) -> None:
+    """What ``torch.nn.functional.cross_entropy`` would refuse, refused here by argument name in one
+    line instead of failing deep inside a kernel: logits that are not a floating-point tensor, an
+    ``ignore_index`` that is not an integer in int64's range. (Targets: ``check_targets``.)"""
+    for name, value in (("logits", logits), ("target", target)):
+        check_option(isinstance(value, torch.Tensor), name, "a torch.Tensor", type(value).__name__)
+    check_option(logits.dtype.is_floating_point, "logits", "a floating-point tensor", logits.dtype)
+    check_option(logits.dim() >= 1, "logits", "a tensor with a class dimension", tuple(logits.shape))
+    check_option(isinstance(ignore_index, int) and not isinstance(ignore_index, bool)
+                 and INT64_RANGE[0] <= ignore_index <= INT64_RANGE[1], "ignore_index", "an integer in int64's range",
+                 ignore_index)
+
+
 def _classes_last(logits: torch.Tensor, target: torch.Tensor, class_dim: int) -> torch.Tensor:
     """``logits`` with the class dimension moved last (a view), after checking it against ``target``."""
     if not isinstance(class_dim, int) or not -logits.dim() <= class_dim < max(logits.dim(), 1):
@@ -122,7 +139,8 @@ def check_targets(target: torch.Tensor, vocab: int, ignore_index: int) -> torch.
     Returns the target to use: under torch.compile the bad values are also made ignored, so that
     no kernel indexes out of bounds (which aborts the process) before the assertion raises."""
     if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
-        raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
+        raise OptionError("target", "a tensor of integer class indices", target.dtype)
+    target = target.long()  # int32/int16/uint8 indices work as int64 ones do (gather and scatter need int64)
     bad = (target.lt(0) | target.ge(vocab)) & target.ne(ignore_index)
     message = f"target values must be class indices in [0, {vocab}) or ignore_index ({ignore_index})"
     if torch.compiler.is_compiling():

@@ -22,6 +22,10 @@ from .chunked import DEFAULT_CHUNK_ELEMENTS, chunked_sweep
 from .rows import RowSums, row_terms_from_sums
 
 BACKENDS = ("auto", "chunked", "triton")
+SECOND_DERIVATIVE_MESSAGE = (
+    "the fused encouraging loss has no second derivative (it computes its gradient in the forward pass): "
+    "for backward with create_graph=True (gradient penalties, Hessian-vector products) call it with "
+    "impl='reference' (fairseq criterion: --el-impl reference)")
 logger = logging.getLogger(__name__)
 
 
@@ -96,6 +100,10 @@ class _FusedEncouragingLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output, *unused_side_output_grads):
         no_grads = (None,) * 8
+        if torch.is_grad_enabled():  # backward(create_graph=True): autograd.grad for a gradient penalty, HVPs
+            # The gradient was computed in the forward sweep: to autograd it is a constant, and a graph built
+            # through it would silently miss the loss's second derivative.
+            raise RuntimeError(SECOND_DERIVATIVE_MESSAGE)
         if getattr(ctx, "gradient_consumed", False):
             raise RuntimeError(
                 "the fused encouraging loss was called with overwrite_logits=True, which keeps the "

@@ -75,7 +75,9 @@ def combine_row_parts(nll, lprob_sum, target_bonus, others_bonus, valid, options
     nll_weight, smooth_weight = smoothing_weights(options.label_smoothing, vocab)
     ce = nll_weight * nll
     if smooth_weight != 0.0:  # skipped, not multiplied by 0: sum_j log p_j is -inf under masked (-inf) logits
-        ce = ce - smooth_weight * lprob_sum
+        # and kept -inf even where a tiny weight rounds to 0 in the math dtype (0 * -inf would be NaN)
+        smoothing_term = smooth_weight * lprob_sum
+        ce = ce - torch.where(smoothing_term.isnan(), float("-inf"), smoothing_term)
     target_weight, others_weight = bonus_weights(options, vocab)
     bonus = target_weight * target_bonus
     if others_weight != 0.0:

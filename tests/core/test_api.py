@@ -127,3 +127,47 @@ def test_compiled_target_check_asserts_without_a_sync():
     compiled = torch.compile(lambda x, y: encouraging_loss(x, y).loss, backend="eager", fullgraph=True)
     with pytest.raises(RuntimeError, match=r"class indices in \[0, 5\) or ignore_index \(-100\)"):
         compiled(logits, target)
+
+
+def penalty_problem():
+    """A layer, its input and targets, the same on every call."""
+    generator = torch.Generator().manual_seed(3)
+    weight = torch.randn(7, 5, generator=generator, dtype=torch.float64)
+    bias = torch.randn(7, generator=generator, dtype=torch.float64)
+    hidden = torch.randn(6, 5, generator=generator, dtype=torch.float64)
+    return weight, bias, hidden, torch.randint(0, 7, (6,), generator=generator)
+
+
+def gradient_penalty(weight, impl, create_graph=True):
+    """A gradient penalty: the squared norm of the loss's gradient over a layer's weight."""
+    _, bias, hidden, target = penalty_problem()
+    loss = encouraging_loss(hidden @ weight.T + bias, target, impl=impl, label_smoothing=0.1, log_end=0.75).loss
+    (weight_grad,) = torch.autograd.grad(loss, weight, create_graph=create_graph)
+    return weight_grad.pow(2).sum()
+
+
+def test_double_backward_is_refused_by_the_fused_path_and_exact_on_the_reference():
+    """The fused path's gradient is computed in the forward sweep, a constant to autograd: a graph of
+    the gradient would miss the second derivative (it gave a wrong penalty gradient, silently)."""
+    weight = penalty_problem()[0].requires_grad_()
+    for impl in ("fused", "auto"):
+        with pytest.raises(RuntimeError, match="no second derivative.*impl='reference'"):
+            gradient_penalty(weight, impl).backward()
+    gradient_penalty(weight, "reference").backward()
+    # the reference's second derivative against central differences of the penalty (first derivatives only)
+    step = 1e-6
+    for index in [(0, 0), (3, 2), (6, 4)]:
+        plus, minus = weight.detach().clone(), weight.detach().clone()
+        plus[index] += step
+        minus[index] -= step
+        numeric = (gradient_penalty(plus.requires_grad_(), "fused", create_graph=False)
+                   - gradient_penalty(minus.requires_grad_(), "fused", create_graph=False)) / (2 * step)
+        assert weight.grad[index].item() == pytest.approx(numeric.item(), rel=1e-5, abs=1e-9)
+
+
+def test_first_order_backward_is_unaffected_by_the_double_backward_guard():
+    logits, target = batch((8,), 5)
+    for impl in IMPLS:
+        leaf = logits.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(encouraging_loss(leaf, target, impl=impl).loss, leaf)
+        assert torch.isfinite(grad).all()

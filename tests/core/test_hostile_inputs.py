@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from encouraging_loss import EncouragingLossOptions, encouraging_loss
+from encouraging_loss import EncouragingLossOptions, OptionError, encouraging_loss
 from encouraging_loss.ops import chunked, fused, triton_kernel
 
 IMPLS = ("fused", "reference")
@@ -40,8 +40,47 @@ def test_ignore_index_outside_the_classes_is_not_a_bad_target(impl):
 
 def test_targets_must_be_integers():
     logits, target = batch()
-    with pytest.raises(ValueError, match="integer class indices, got dtype torch.float32"):
+    with pytest.raises(ValueError, match="^target must be a tensor of integer class indices, got torch.float32$"):
         encouraging_loss(logits, target.float())
+
+
+@pytest.mark.parametrize("logits,target,match", [
+    (torch.ones(4, 6, dtype=torch.int64), torch.zeros(4, dtype=torch.int64), "^logits must be a floating-point tensor"),
+    (torch.ones(4, 6, dtype=torch.complex64), torch.zeros(4, dtype=torch.int64), "^logits must be a floating-point"),
+    (torch.ones(4, 0), torch.zeros(4, dtype=torch.int64), r"^logits must be at least one class .*got \(4, 0\)$"),
+    (torch.tensor(1.0), torch.tensor(0), r"^logits must be a tensor with a class dimension, got \(\)$"),
+    ([[0.0, 1.0]], torch.zeros(1, dtype=torch.int64), "^logits must be a torch.Tensor, got 'list'$"),
+    (torch.ones(2, 3), [0, 1], "^target must be a torch.Tensor, got 'list'$"),
+    (torch.ones(2, 3), torch.tensor([True, False]), "^target must be a tensor of integer class indices"),
+])
+def test_arguments_torch_refuses_are_refused_by_name(logits, target, match):
+    """One line naming the argument, as OptionError (a ValueError), before any kernel runs."""
+    for impl in IMPLS:
+        with pytest.raises(OptionError, match=match):
+            encouraging_loss(logits, target, impl=impl)
+
+
+@pytest.mark.parametrize("ignore_index", [1.5, True, "-100", 2**63, -(2**63) - 1, None])
+def test_ignore_index_must_be_an_int64(ignore_index):
+    logits, target = batch()
+    with pytest.raises(OptionError, match="^ignore_index must be an integer in int64's range, got "):
+        encouraging_loss(logits, target, ignore_index=ignore_index)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8, torch.int8])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_narrow_integer_targets_work_like_int64(dtype, impl):
+    logits, target = batch()
+    target[[2, 9]] = 7  # ignored below: an ignore_index every dtype can hold
+    results = []
+    for tgt in (target, target.to(dtype)):
+        leaf = logits.clone().requires_grad_()
+        out = encouraging_loss(leaf, tgt, impl=impl, ignore_index=7, label_smoothing=0.1, with_stats=True)
+        out.loss.backward()
+        results.append((out.loss, out.stats["tokens"], leaf.grad))
+    for expected, got in zip(*results):
+        assert torch.equal(expected, got)
+    assert results[0][1] == len(target) - 2
 
 
 def masked_batch(seed=0):
