@@ -129,6 +129,50 @@ def test_task_drives_bonus_weight_and_diagnostics_interval_per_update():
     assert criterion.bonus_scale == schedule(8)
 
 
+def test_schedule_follows_fairseqs_update_count_on_a_fresh_task_as_after_a_resume():
+    """After --restore-file the task is new and fairseq passes the restored update count: the weight is
+    s(update_num + 1) at once, not a schedule restarted from 0 (only a slow resume run noticed before)."""
+    schedule = BonusSchedule("linear", warmup_updates=10, start_update=3)
+    for update_num in (0, 4, 7, 12, 500):
+        task = make_task(bonus_schedule="linear", bonus_warmup_updates=10, bonus_start_update=3)
+        criterion = EncouragingLabelSmoothedCrossEntropyCriterion(task, False, 0.1, bonus_rho=0.5)
+        logits, sample = fixed_batch(task, seed=update_num)
+        task.train_step(sample, FixedLogitsModel(logits), criterion, BackwardOnlyOptimizer(), update_num)
+        assert criterion.bonus_scale == schedule(update_num + 1), update_num
+
+
+def test_validation_before_any_training_update_uses_the_full_bonus():
+    """fairseq-validate (no training update in this process) scores with the complete schedule, s = 1,
+    even when the schedule's start would give 0: the loss is the encouraging loss at full rho."""
+    rho = 0.9
+    task = make_task(bonus_schedule="cosine", bonus_warmup_updates=5, bonus_start_update=4)
+    criterion = EncouragingLabelSmoothedCrossEntropyCriterion(task, False, 0.1, bonus_rho=rho)
+    logits, sample = fixed_batch(task, seed=5)
+    loss, _, log = task.valid_step(sample, FixedLogitsModel(logits), criterion)
+    assert criterion.bonus_scale == 1.0
+    full = encouraging_loss(logits, sample["target"], EncouragingLossOptions(label_smoothing=0.1, bonus_rho=rho),
+                            ignore_index=task.target_dictionary.pad(), reduction="sum")
+    assert loss.item() == pytest.approx(full.loss.item(), rel=1e-5)
+    assert reduced(criterion, [log])["bonus_weight"] == pytest.approx(rho)
+
+
+def test_logged_loss_parts_share_the_units_of_loss():
+    """fairseq logs loss in bits per token; ce_loss and bonus must be in bits too, so that the logged
+    loss = ce_loss + bonus_weight * bonus (a bonus in nats passed every other test)."""
+    rho = 0.7
+    task = make_task()
+    criterion = EncouragingLabelSmoothedCrossEntropyCriterion(task, False, 0.1, bonus_rho=rho)
+    logits, sample = fixed_batch(task, seed=2)
+    _, sample_size, log = criterion(FixedLogitsModel(logits), sample)
+    logged = reduced(criterion, [log, log])
+    bits = math.log(2)
+    parts = encouraging_loss(logits.double(), sample["target"], EncouragingLossOptions(label_smoothing=0.1,
+                             bonus_rho=rho), ignore_index=task.target_dictionary.pad(), reduction="sum")
+    assert logged["ce_loss"] == pytest.approx(parts.ce_loss.item() / sample_size / bits, abs=1e-3)
+    assert logged["bonus"] == pytest.approx(parts.bonus.item() / sample_size / bits, abs=1e-3)
+    assert logged["loss"] == pytest.approx(logged["ce_loss"] + logged["bonus_weight"] * logged["bonus"], abs=3e-3)
+
+
 class ElementCounter(TorchDispatchMode):
     """Counts the tensor elements every ATen op reads: a full pass over (N, V) reads N * V."""
 
