@@ -3,6 +3,7 @@ fairseq binaries and prepare.json out. Modules, lowest layer first:
 
   textfiles  reading/writing text (one line-splitting rule), file digests, DataPrepError
   processes  child processes that die with data prep (and the guard process for external tools)
+  locking    one process at a time on a path: flock lock files that name their holder (host, PID)
   settings   the settings of a build; their defaults are the command line's
   text       ParallelText, text steps (Moses, lower-casing, ...) and pair filters
   tools      SentencePiece training/encoding and fairseq-preprocess

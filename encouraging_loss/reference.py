@@ -23,21 +23,30 @@ def reference_row_terms(lprobs: torch.Tensor, target: torch.Tensor, valid: torch
     target = target.masked_fill(~valid, 0).unsqueeze(-1)
 
     target_lprob = lprobs.gather(-1, target).squeeze(-1)
-    # 1 - p_y as the others' probability mass, logsumexp_{j != y} log p_j: exact when p_y rounds to
-    # 1, where 1 - exp(log p_y) would cancel (and its large bonus gradient would wipe out the rest).
-    others_lprobs = lprobs.scatter(-1, target, float("-inf"))
-    others_max = others_lprobs.detach().amax(-1)
-    # Where every other class is masked (-inf), 1 - p_y is 0; logsumexp over only -inf has a NaN
-    # gradient, so those rows take a finite stand-in that the where() then discards.
-    alone = others_max.eq(float("-inf")).unsqueeze(-1)
-    others_mass = torch.where(alone, 0.0, others_lprobs.masked_fill(alone, 0.0).logsumexp(-1, keepdim=True).exp())
-    target_bonus = bonus_value(target_lprob.exp(), others_mass.squeeze(-1), options, log_p=target_lprob)
-    others_bonus = bonus_value(lprobs.exp(), -torch.expm1(lprobs), options, log_p=lprobs).scatter(-1, target, 0.0)
+    # 1 - p as the other classes' mass, logsumexp_{j != k} log p_j, for the two classes whose p may
+    # exceed 1/2: the target and the row's top class. There 1 - exp(log p) would cancel when p rounds
+    # to 1 (and the bonus's large gradient would wipe out the rest); below 1/2 -expm1(log p) is exact.
+    others_lprobs, target_complement = _without(lprobs, target)
+    top = lprobs.detach().argmax(-1, keepdim=True)
+    one_minus_p = (-torch.expm1(lprobs)).scatter(-1, top, _without(lprobs, top)[1])
+    target_bonus = bonus_value(target_lprob.exp(), target_complement.squeeze(-1), options, log_p=target_lprob)
+    others_bonus = bonus_value(lprobs.exp(), one_minus_p, options, log_p=lprobs).scatter(-1, target, 0.0)
     # w_y b(p_y) + w_j sum_{j != y} b(p_j): the target's share of eps_b / V sits in w_y
     loss, nll, ce, bonus = combine_row_parts(-target_lprob, lprobs.sum(-1), target_bonus, others_bonus.sum(-1),
                                              valid, options, vocab)
     stats = None
     if with_stats:
         with torch.no_grad():
+            others_max = others_lprobs.detach().amax(-1)
             stats = token_stats(target_lprob.detach(), target_lprob.detach() - others_max, valid, options)
     return RowTerms(loss=loss, nll=nll.detach(), ce=ce.detach(), bonus=bonus.detach(), stats=stats)
+
+
+def _without(lprobs: torch.Tensor, index: torch.Tensor):
+    """(lprobs with class ``index`` (N, 1) masked to -inf, 1 - p of that class as the others' mass (N, 1)).
+    Where every other class is masked, the mass is 0: logsumexp over only -inf has a NaN gradient, so
+    those rows take a finite stand-in that the where() discards."""
+    others = lprobs.scatter(-1, index, float("-inf"))
+    alone = others.detach().amax(-1, keepdim=True).eq(float("-inf"))
+    mass = torch.where(alone, 0.0, others.masked_fill(alone, 0.0).logsumexp(-1, keepdim=True).exp())
+    return others, mass
