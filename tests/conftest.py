@@ -9,6 +9,9 @@ settings.register_profile("ci", max_examples=150, derandomize=True, deadline=Non
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 settings.register_profile("deep", max_examples=3000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+# `make mutate` runs the suite once per mutant: fewer examples, still derandomised.
+settings.register_profile("mutate", max_examples=40, derandomize=True, deadline=None, database=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 settings.load_profile("ci")
 
 from helpers import REPO, run_tool, write_toy_parallel

@@ -208,14 +208,14 @@ def test_chunk_workers_leave_thread_settings_alone(monkeypatch):
         logits, target = make_inputs()
         run("fused", logits, target, OPTION_SETS["paper"], "sum", chunk_elements=101)
         assert chunked._POOL is not None and chunked._POOL._max_workers == 2, "the chunks did not go to the pool"
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        assert torch.get_num_threads() == before
+        assert seen == [before]
     finally:
         torch.set_num_threads(original)
-    seen = []
-    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
-    thread.start()
-    thread.join()
-    assert torch.get_num_threads() == before
-    assert seen == [before]
 
 
 TRITON_CASES = [(name, torch.float32) for name in sorted(OPTION_SETS)] + [("paper", torch.bfloat16),
