@@ -197,6 +197,7 @@ def test_triton_kernel_equals_the_oracle_in_triton_interpreter():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     ran = [int(line.split(":")[1]) for line in proc.stdout.splitlines() if line.startswith("triton examples:")]
     assert ran and ran[0] >= int(examples) // 2, proc.stdout[-2000:]  # a few may be skipped (bonus start)
+    assert "triton saturated target: ok" in proc.stdout
 
 
 def run_triton_examples(count):
@@ -204,6 +205,14 @@ def run_triton_examples(count):
     from encouraging_loss.ops import triton_kernel
 
     triton_kernel.MAX_BLOCK = 16
+    # the saturated target at LE = 1 (logits [60, 0, ...], 40 classes): the gradient the oracle gives
+    saturated = torch.zeros(2, 40, dtype=torch.float64)
+    saturated[:, 0] = 60.0
+    for options in (dict(log_end=1.0), dict(log_end=1.0, label_smoothing=0.1, bonus_rho=2.0)):
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            check_against_oracle(saturated, torch.tensor([0, 0]), dtype, options, "none", None, backend="triton",
+                                 storage_rtol=INTERPRETER_STORAGE_RTOL)
+    print("triton saturated target: ok")
     ran = []
 
     @settings(max_examples=count, derandomize=True, deadline=None, database=None)
