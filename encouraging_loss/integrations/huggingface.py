@@ -147,13 +147,13 @@ class EncouragingLossFunc:
 
     # -- the diagnostics ------------------------------------------------------------------------
     def _accumulate(self, out, weight: float) -> None:
-        tokens = out.stats["tokens"] if out.stats is not None else None
-        parts = {"nll_loss": out.nll_loss, "ce_loss": out.ce_loss, "bonus": out.bonus}
-        if tokens is None:
+        """Adds this micro-batch's sums (kept on the device: no synchronisation until logged)."""
+        if out.stats is None:
             return
-        parts.update({name: out.stats[name] for name in STAT_NAMES})
-        parts["weight_tokens"] = tokens
-        parts["bonus_weight"] = tokens * weight
+        tokens = out.stats["tokens"]
+        parts = {name: out.stats[name] for name in STAT_NAMES}
+        parts.update(nll_loss=out.nll_loss, ce_loss=out.ce_loss, bonus=out.bonus, weight_tokens=tokens,
+                     bonus_weight=tokens * weight)
         for name, value in parts.items():
             value = value.detach().float()
             self._sums[name] = self._sums[name] + value if name in self._sums else value
