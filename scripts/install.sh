@@ -87,7 +87,9 @@ requirement_files=(requirements.txt requirements-fairseq.txt requirements-huggin
 if satisfied "${requirement_files[@]}"; then
   echo "[install] ${requirement_files[*]} already satisfied"
 else
-  "${pip[@]}" install -q "${requirement_files[@]/#/-r}"
+  requirement_args=()
+  for file in "${requirement_files[@]}"; do requirement_args+=(-r "$file"); done
+  "${pip[@]}" install -q "${requirement_args[@]}"
 fi
 
 if satisfied "$FAIRSEQ_SPEC"; then
