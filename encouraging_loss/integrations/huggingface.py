@@ -21,9 +21,9 @@ module meets it:
 * ``label_smoothing_factor`` is ignored once ``compute_loss_func`` is set (and HF's own smoothing puts
   eps/V on every class, where fairseq and this loss put eps/(V-1) on the others): ``attach`` refuses
   it; put the smoothing into the options instead.
-* ``Seq2SeqTrainer`` with ``predict_with_generate`` computes ``eval_loss`` with the model's own
-  cross-entropy, not with this function: ``attach`` says so once. Without it, ``eval_loss`` is this
-  loss (at the bonus weight of the last update).
+* ``Seq2SeqTrainer`` with ``predict_with_generate`` and a ``compute_metrics`` computes ``eval_loss``
+  with the model's own cross-entropy, not with this function: ``attach`` says so. Otherwise
+  ``eval_loss`` is this loss (at the bonus weight of the last update).
 * The Trainer has no API for extra logged values, and a callback's ``on_log`` only reaches the
   reporting integrations (TensorBoard, wandb) that run after it: ``attach`` puts the callback first.
 * The function receives the logits, so a fused projection (hidden states -> loss without the
@@ -189,7 +189,7 @@ class EncouragingLossFunc:
                           f"shift_labels={causal}", stacklevel=2)
         if getattr(args, "predict_with_generate", False):
             warnings.warn("Seq2SeqTrainer with predict_with_generate computes eval_loss with the model's own "
-                          "cross-entropy, not the encouraging loss", stacklevel=2)
+                          "cross-entropy, not the encouraging loss, whenever it has compute_metrics", stacklevel=2)
         trainer.compute_loss_func = self
         callbacks = trainer.callback_handler.callbacks
         if self.callback in callbacks:

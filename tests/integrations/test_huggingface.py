@@ -147,3 +147,28 @@ def test_the_causal_shift_scores_position_i_against_label_i_plus_1():
     p = torch.softmax(logits[:, :-1], -1).gather(2, labels[:, 1:].clamp_min(0)[..., None]).squeeze(-1)
     b = torch.where(p <= 0.5, torch.log1p(-p), math.log(0.5) - (p - 0.5) / 0.5)[labels[:, 1:].ne(-100)]
     assert float(bonus) == pytest.approx((float(total) + float(b.sum())) / 7, rel=1e-10)
+
+
+def test_which_loss_eval_loss_is_with_and_without_predict_with_generate(tmp_path):
+    from tiny_marian import collate, toy_pairs
+    pairs = toy_pairs(n=6, seed=3)
+    batch = collate(pairs)
+    labels = batch.pop("labels")
+
+    def eval_loss(generate):
+        trainer = make_trainer(tmp_path / f"g{generate}", predict_with_generate=generate, generation_max_length=4,
+                               per_device_eval_batch_size=len(pairs))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            EncouragingLossFunc(label_smoothing=0.1, bonus_rho=0.0).attach(trainer)
+        trainer.compute_metrics = lambda prediction: {}  # without metrics no generation happens at all
+        with torch.no_grad():
+            logits = trainer.model.eval()(**batch).logits
+        return trainer.evaluate(eval_dataset=pairs)["eval_loss"], logits
+
+    ours, logits = eval_loss(False)
+    smoothed, _ = fairseq_label_smoothed_ce(logits, labels, 0.1)
+    assert ours == pytest.approx(float(smoothed) / int(labels.ne(-100).sum()), rel=1e-5)
+    generated, logits = eval_loss(True)  # the model's own cross-entropy, as the warning says
+    plain = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1))
+    assert generated == pytest.approx(float(plain), rel=1e-5)
