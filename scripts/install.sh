@@ -81,11 +81,15 @@ else
     || "${pip[@]}" install -q --timeout 30 --retries 1 --extra-index-url "$TORCH_CPU_INDEX" "$TORCH_SPEC"
 fi
 
-# fairseq's runtime needs (its own metadata would pull torchaudio and old pins, hence --no-deps below).
-if satisfied requirements.txt requirements-test.txt; then
-  echo "[install] requirements.txt and requirements-test.txt already satisfied"
+# The core, then every extra: fairseq's runtime needs (its own metadata would pull torchaudio and old
+# pins, hence --no-deps below), the Hugging Face integration and the test tools.
+requirement_files=(requirements.txt requirements-fairseq.txt requirements-huggingface.txt requirements-test.txt)
+if satisfied "${requirement_files[@]}"; then
+  echo "[install] ${requirement_files[*]} already satisfied"
 else
-  "${pip[@]}" install -q -r requirements.txt -r requirements-test.txt
+  requirement_args=()
+  for file in "${requirement_files[@]}"; do requirement_args+=(-r "$file"); done
+  "${pip[@]}" install -q "${requirement_args[@]}"
 fi
 
 if satisfied "$FAIRSEQ_SPEC"; then
@@ -105,4 +109,4 @@ else
   "${pip[@]}" install -q --no-deps --no-build-isolation -e .
 fi
 
-(cd / && "$py" -c 'import torch, fairseq, fairseq_plugins; print(f"[install] ok: torch {torch.__version__}, fairseq {fairseq.__version__}")') 2>&1 | grep '^\[install\]'
+(cd / && "$py" -c 'import torch, fairseq, fairseq_plugins, transformers; print(f"[install] ok: torch {torch.__version__}, fairseq {fairseq.__version__}, transformers {transformers.__version__}")') 2>&1 | grep '^\[install\]'

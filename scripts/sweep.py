@@ -14,6 +14,10 @@ Unlisted settings are the recipe's. An arm is named by its settings (`el_le0.75_
 `baseline_epochs6`; `el` alone is the recipe's encouraging loss), and its runs live in
 RUNS_DIR/RECIPE/ARM/seedN with arm.json recording the settings and the fairseq arguments.
 
+With --trainer hf every run is scripts/hf_finetune.py (a Hugging Face model fine-tuned on the
+--data-dir corpus, then translated and scored; its flags after --, --model among them): the same
+arms, except that `epochs` is fairseq's only.
+
 Resuming: a run with evaluation results is skipped, a finished training is only evaluated, and an
 interrupted one resumes from its checkpoint_last.pt (train.sh does that). Each run prints a progress
 line with the ETA of the sweep; --jobs runs several at once (one torch thread each by default).
@@ -164,26 +168,35 @@ def run_one(arm, seed, args, progress):
     doing = "evaluating" if state == "trained" else "resuming training" if resuming else "training"
     print(f"[sweep] start {label} ({doing}) -> {run_dir}", file=sys.stderr, flush=True)
     if state == "todo":
-        command = [args.train_script, args.recipe, *(["--baseline"] if arm["baseline"] else []), "--seed", str(seed),
-                   "--run-dir", run_dir, *(["--data-dir", args.data_dir] if args.data_dir else []),
-                   "--", *args.extra, *arm["fairseq_args"]]
+        if args.trainer == "hf":  # scripts/hf_finetune.py takes the same flags and evaluates the run itself
+            command = [sys.executable, "-m", "scripts.hf_finetune", "--recipe", args.recipe, "--seed", str(seed),
+                       "--run-dir", run_dir, *(["--baseline"] if arm["baseline"] else []),
+                       *(["--data-dir", args.data_dir] if args.data_dir else []), *args.extra, *arm["fairseq_args"]]
+        else:
+            command = ["bash", args.train_script, args.recipe, *(["--baseline"] if arm["baseline"] else []),
+                       "--seed", str(seed), "--run-dir", run_dir,
+                       *(["--data-dir", args.data_dir] if args.data_dir else []), "--", *args.extra,
+                       *arm["fairseq_args"]]
         with open(os.path.join(run_dir, "sweep.log"), "a", encoding="utf-8") as log:
             log.write("# " + " ".join(command) + "\n")
             log.flush()
             # everything goes to sweep.log (fairseq's own log is train.log); train.sh's own lines
             # (hardware, warnings) also reach the terminal
-            with subprocess.Popen(["bash", *command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+            with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                   text=True, errors="replace") as process:
                 for line in process.stdout:
                     log.write(line)
-                    if line.startswith("[train]"):
+                    if line.startswith(("[train]", "[evaluate]", "[hf_finetune]")):
                         print(f"[{label}] {line.rstrip()}", file=sys.stderr, flush=True)
             code = process.returncode
-        if code != 0 or run_state(run_dir, args.subset) != "trained":
+        if code != 0 or run_state(run_dir, args.subset) not in ("trained", "evaluated"):
             progress.finish(label, f"TRAINING FAILED (exit {code}; see {run_dir}/sweep.log and train.log)")
             return run_dir, "training failed"
-    with open(os.path.join(run_dir, "evaluate.log"), "w", encoding="utf-8") as log:
-        code = subprocess.call(["bash", args.evaluate_script, run_dir], stdout=log, stderr=subprocess.STDOUT, env=env)
+    code = 0
+    if run_state(run_dir, args.subset) != "evaluated":
+        with open(os.path.join(run_dir, "evaluate.log"), "w", encoding="utf-8") as log:
+            code = subprocess.call(["bash", args.evaluate_script, run_dir], stdout=log, stderr=subprocess.STDOUT,
+                                   env=env)
     if code != 0:
         progress.finish(label, f"EVALUATION FAILED (exit {code}; see {run_dir}/evaluate.log)")
         return run_dir, "evaluation failed"
@@ -211,8 +224,11 @@ def main(argv=None):
     parser.add_argument("--threads-per-run", type=int, default=int(os.environ.get("SWEEP_THREADS_PER_RUN", "1")))
     parser.add_argument("--train-script", default=os.environ.get("SWEEP_TRAIN", os.path.join(SCRIPTS, "train.sh")))
     parser.add_argument("--evaluate-script", default=os.environ.get("SWEEP_EVALUATE", os.path.join(SCRIPTS, "evaluate.sh")))
+    parser.add_argument("--trainer", choices=("fairseq", "hf"), default="fairseq",
+                        help="hf: fine-tune a Hugging Face model with scripts/hf_finetune.py (give --data-dir, "
+                             "and --model after --)")
     parser.add_argument("--no-compare", action="store_true", help="train and evaluate only")
-    parser.add_argument("extra", nargs="*", help="after --: passed to every fairseq-train")
+    parser.add_argument("extra", nargs="*", help="after --: passed to every fairseq-train (or hf_finetune)")
     args = parser.parse_args(argv)
     try:
         arms = [parse_arm(spec) for spec in args.arms]

@@ -1,6 +1,7 @@
 """The project installs as a package: importable from any directory, the user-dir nameable from
 anywhere, and a wheel built from the checkout's files that holds every module fairseq needs."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -74,10 +75,28 @@ def test_wheel_from_the_checkout_holds_every_package_and_the_user_dir_parts(tmp_
                    "fairseq_plugins/models/transformer_iwslt_fr_en_2x2.py"):
         assert module in names
     metadata = next(zipfile.ZipFile(wheel).read(n) for n in names if n.endswith(".dist-info/METADATA")).decode()
-    requirements = [line.split("#")[0].strip() for line in (REPO / "requirements.txt").read_text().splitlines()]
-    for requirement in filter(None, requirements):
-        name = requirement.split(";")[0].split(">")[0].split("=")[0].split("<")[0].strip()
-        assert f"Requires-Dist: {name}" in metadata, name
-    declared = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
-    assert not [line for line in declared if "fairseq" in line.lower()], \
+    declared = [line[len("Requires-Dist:"):].strip() for line in metadata.splitlines()
+                if line.startswith("Requires-Dist:")]
+    assert not [line for line in declared if "fairseq-fixed" in line.lower()], \
         "fairseq-fixed must stay out of the dependencies (it is installed with --no-deps)"
+    # the light install: the core needs torch and numpy only; the rest comes with an extra
+    core = sorted(requirement_name(line) for line in declared if "extra ==" not in line)
+    assert core == ["numpy", "torch"], core
+    for extra, names_expected in (("fairseq", {"hydra-core", "omegaconf", "sacrebleu", "sentencepiece"}),
+                                  ("huggingface", {"transformers", "accelerate", "tokenizers"}),
+                                  ("test", {"pytest", "hypothesis", "triton"})):
+        assert f"Provides-Extra: {extra}" in metadata, extra
+        in_extra = {requirement_name(line) for line in declared if f'extra == "{extra}"' in line}
+        from_file = {requirement_name(line) for line in requirement_lines(f"requirements-{extra}.txt")}
+        assert in_extra == from_file and names_expected <= in_extra, (extra, in_extra, from_file)
+    assert "mutmut" not in metadata.lower()
+
+
+def requirement_lines(name):
+    lines = [line.split("#")[0].strip() for line in (REPO / name).read_text().splitlines()]
+    return [line for line in lines if line]
+
+
+def requirement_name(line):
+    """'triton>=3.0; platform_system == "Linux" and extra == "test"' -> 'triton'."""
+    return re.split(r"[\s;<>=!~\[]", line.strip(), maxsplit=1)[0].lower()
