@@ -3,7 +3,7 @@
 is no stale lock to guess about, unlike a PID that may be alive in another PID namespace or on another
 host). The holder's host, PID and start time are written into the lock file, for the message others get.
 
-    with exclusive_lock(Path(".out.lock")):   # raises LockHeld naming path, host and PID when taken
+    with exclusive_lock(Path(".out.lock"), what="--out-dir out"):   # else LockHeld: path, host, PID
         ...
 """
 import contextlib
@@ -12,6 +12,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Optional
 
 from data_prep.textfiles import DataPrepError
 
@@ -21,12 +22,11 @@ HOST = socket.gethostname()
 class LockHeld(DataPrepError):
     """Another process holds the lock; the message names the lock file and the holder."""
 
-    def __init__(self, path: Path, holder: dict):
+    def __init__(self, path: Path, holder: dict, what: str = ""):
         self.path, self.holder = path, holder
-        who = (f"PID {holder.get('pid', '?')} on host {holder.get('host', '?')}"
-               + (f" since {holder['started']}" if holder.get("started") else "")) if holder \
-            else "a process that has not yet said who it is"
-        super().__init__(f"{path} is locked by {who}")
+        who = (f"PID {holder['pid']} on host {holder['host']} (since {holder['started']})" if holder
+               else "a process that is just starting")
+        super().__init__(f"{what + ' is in use: ' if what else ''}{path} is locked by {who}")
 
 
 def read_holder(path: Path) -> dict:
@@ -38,7 +38,7 @@ def read_holder(path: Path) -> dict:
     return dict(zip(("host", "pid", "started"), fields)) if len(fields) == 3 else {}
 
 
-def _open_locked(path: Path):
+def _open_locked(path: Path, what: str):
     """An open descriptor of `path` holding its lock, or LockHeld. A lock file that its holder removed
     between our open and our lock is no lock: then try again on the new file."""
     while True:
@@ -47,7 +47,7 @@ def _open_locked(path: Path):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise LockHeld(path, read_holder(path)) from None
+            raise LockHeld(path, read_holder(path), what) from None
         except BaseException:
             os.close(fd)
             raise
@@ -61,10 +61,11 @@ def _open_locked(path: Path):
 
 
 @contextlib.contextmanager
-def exclusive_lock(path):
-    """Holds the lock on `path` (created if missing) for the block; removes the file afterwards."""
+def exclusive_lock(path, what: str = ""):
+    """Holds the lock on `path` (created if missing) for the block; removes the file afterwards.
+    `what` names the thing the lock protects in the message of LockHeld."""
     path = Path(path)
-    fd = _open_locked(path)
+    fd = _open_locked(path, what)
     try:
         os.ftruncate(fd, 0)
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -77,16 +78,41 @@ def exclusive_lock(path):
         os.close(fd)
 
 
-def is_locked(path) -> bool:
-    """True while some process holds the lock on `path` (False when there is no such file)."""
+def create_locked(path) -> Optional[int]:
+    """A descriptor of the new file `path` (which must not exist), locked until closed: a temporary
+    file whose writer holds the lock, so that remove_if_abandoned leaves it alone. None when another
+    process removed it, taking it for a leftover, before it was locked: try another name."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.stat(path).st_ino == os.fstat(fd).st_ino:
+            return fd
+    except (BlockingIOError, FileNotFoundError):
+        pass
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return None
+
+
+def remove_if_abandoned(path) -> bool:
+    """Deletes the file `path` when no process holds its lock (its writer is gone); True if deleted."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        return True
+        os.close(fd)
+        return False
+    try:
+        if os.stat(path).st_ino == os.fstat(fd).st_ino:
+            os.unlink(path)
+            return True
+        return False
+    except FileNotFoundError:
+        return False
     finally:
         os.close(fd)
