@@ -152,22 +152,6 @@ def test_sigkill_leaves_no_running_children_and_the_next_run_removes_its_partial
     assert leftovers(tmp_path) == [] and (out / "prepare.json").is_file()
 
 
-def test_stale_partials_of_dead_runs_are_removed_and_live_ones_kept(tmp_path):
-    root = write_custom(tmp_path / "text")
-    out = tmp_path / "out"
-    stale = [tmp_path / f".out.partial-{dead_pid()}", tmp_path / f".out.old-{dead_pid()}"]
-    live = tmp_path / f".out.partial-{os.getpid()}"  # this test's own process: a run still going
-    for directory in (*stale, live):
-        write(directory / "spm" / "train.en", ["left by a killed run"])
-    unrelated = write(tmp_path / ".other.partial-1" / "x", ["not ours"])
-    # Missing input: the run stops early, yet the stale directories are already gone.
-    (root / "valid.de").unlink()
-    proc = run_script("prepare_custom.sh", *custom_args(root, out), check=False)
-    assert "missing input file" in last_error_line(proc)
-    assert not any(path.exists() for path in stale)
-    assert live.is_dir() and unrelated.is_file()
-
-
 @pytest.mark.slow
 def test_a_rebuild_refuses_to_delete_files_a_user_added(tmp_path):
     root = write_custom(tmp_path / "text")
