@@ -2,6 +2,7 @@
 the fix, never a traceback; a killed run leaves nothing running and nothing the next run keeps."""
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -105,12 +106,6 @@ def leave_no_sleeper(parent, pids):
             os.kill(pid, signal.SIGKILL)
 
 
-def dead_pid() -> int:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
-
-
 FAKE_PREPROCESS = '''
 import os, subprocess, sys, time
 grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
@@ -143,11 +138,11 @@ def test_sigkill_leaves_no_running_children_and_the_next_run_removes_its_partial
         pids = [int(pid) for pid in pids_file.read_text().split()]
         assert all(pid_running(pid) for pid in pids)
         partials = [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.partial-")]
-        assert partials == [f".out.partial-{parent.pid}"]
+        assert partials == [f".out.partial-{socket.gethostname()}-{parent.pid}"]
         kill_and_expect_gone(parent, pids, "fairseq-preprocess (or its workers)")
     finally:
         leave_no_sleeper(parent, pids)
-    assert (tmp_path / f".out.partial-{parent.pid}").is_dir()
+    assert (tmp_path / f".out.partial-{socket.gethostname()}-{parent.pid}").is_dir()
     run_script("prepare_custom.sh", *custom_args(root, out))
     assert leftovers(tmp_path) == [] and (out / "prepare.json").is_file()
 

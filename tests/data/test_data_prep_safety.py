@@ -6,8 +6,6 @@ that writes the dictionaries data prep reads, and can wait for the test at the c
 import io
 import json
 import os
-import shutil
-import signal
 import socket
 import stat
 import subprocess
