@@ -24,6 +24,8 @@ from data_prep.tools import SPLITS, encode_lines, run_fairseq_preprocess, train_
 LOG = logging.getLogger("data_prep")
 # Output sub-directories: raw references, text as SentencePiece saw it, pieces, fairseq binaries.
 RAW_DIR, TOK_DIR, PIECES_DIR, BIN_DIR = "raw", "tok", "spm", "bin"
+# fairseq's --required-batch-size-multiple default.
+BATCH_MULTIPLE = 8
 # What a build writes at the top of OUT (the manifest in prepare.json lists each file; outputs
 # of older versions, which have none, are checked against these names).
 LAYOUT = ("prepare.json", "spm.model", "spm.vocab", RAW_DIR, TOK_DIR, PIECES_DIR, BIN_DIR, "logs")
@@ -141,6 +143,18 @@ def claim_out_dir(out_dir: Path):
         yield
 
 
+def _require_batches(splits: dict) -> None:
+    """fairseq batches sentences in multiples of BATCH_MULTIPLE and drops the rest: a training split
+    smaller than that gives fairseq-train no batch at all ("The dataset is empty")."""
+    if len(splits["train"]) < BATCH_MULTIPLE:
+        raise DataPrepError(f"the train split has {len(splits['train'])} sentence pairs; fairseq-train needs at "
+                            f"least {BATCH_MULTIPLE} (its batches hold a multiple of {BATCH_MULTIPLE})")
+    if len(splits["valid"]) < BATCH_MULTIPLE:
+        LOG.warning("the valid split has %d sentence pairs, fewer than fairseq's batch multiple %d: fairseq-train "
+                    "needs --required-batch-size-multiple %d or less to validate on it", len(splits["valid"]),
+                    BATCH_MULTIPLE, len(splits["valid"]))
+
+
 def _require_training_text(corpus) -> None:
     for lines, name in ((corpus.model_src, corpus.names[0]), (corpus.model_tgt, corpus.names[1])):
         if not any(line.strip() for line in lines):
@@ -154,6 +168,7 @@ def build_dataset(out_dir: Path, corpus_name: str, splits: dict, settings: Setti
     for split in SPLITS:
         if len(splits[split]) == 0:
             raise DataPrepError(f"empty corpus: the {split} split has no sentence pairs")
+    _require_batches(splits)
     _require_training_text(splits["train"])
     started = time.time()
     LOG.info("building %s (%s) with %s; pairs: %s", out_dir, corpus_name, settings.as_dict(),
@@ -187,6 +202,7 @@ def build_dataset(out_dir: Path, corpus_name: str, splits: dict, settings: Setti
                 splits[split] = splits[split].select(kept)
                 pieces[split] = [[side[i] for i in kept] for side in pieces[split]]
                 write_text(split, splits[split])
+        _require_batches(splits)
         for split in SPLITS:
             for lang, lines in zip((settings.src, settings.tgt), pieces[split]):
                 write_lines(work / PIECES_DIR / f"{split}.{lang}", lines)

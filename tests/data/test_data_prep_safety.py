@@ -290,6 +290,20 @@ def test_pairs_longer_than_the_model_takes_are_left_out_of_training_and_refused_
     assert json.loads((out / "prepare.json").read_text())["settings"]["max_positions"] == 1000
 
 
+def test_fewer_training_pairs_than_one_fairseq_batch_are_refused(tmp_path, env):
+    from fairseq.data import data_utils
+    root, out = write_custom(tmp_path / "text"), tmp_path / "out"
+    for lang in ("en", "de"):
+        write(root / f"train.{lang}", read(root / f"train.{lang}")[:7])
+    # What fairseq-train would do with them: no batch at all.
+    assert data_utils.batch_by_size(list(range(7)), num_tokens_fn=lambda index: 10, max_tokens=4096,
+                                    required_batch_size_multiple=8) == []
+    proc = prepare(env, *custom_args(root, out))
+    assert one_error_line(proc) == ("error: the train split has 7 sentence pairs; fairseq-train needs at least 8 "
+                                    "(its batches hold a multiple of 8)")
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
 @pytest.mark.parametrize("kind", ["fifo", "directory"])
 def test_an_input_that_is_not_a_regular_file_is_named_for_what_it_is(tmp_path, env, kind):
     root, out = write_custom(tmp_path / "text"), tmp_path / "out"
