@@ -143,8 +143,11 @@ def download(url: str, destination: Path) -> None:
 def ensure_archive(raw_dir: Path, archive: Archive, url: str, offline: bool) -> Path:
     """The archive in raw_dir, downloaded first unless present; checked to hold its members."""
     path = raw_dir / archive.local_name(url)
-    present = [candidate for candidate in (path, *(raw_dir / name for name in archive.also_named))
-               if candidate.is_file()]
+    candidates = (path, *(raw_dir / name for name in archive.also_named))
+    for candidate in candidates:
+        if candidate.exists() and not candidate.is_file():  # a FIFO would block, a directory is no archive
+            raise DataPrepError(f"archive {candidate} is not a regular file; remove it or put the archive there")
+    present = [candidate for candidate in candidates if candidate.is_file()]
     if present:
         path = present[0]
         LOG.info("using %s (already present; download skipped)", path)

@@ -452,6 +452,21 @@ class ZeroReader(io.RawIOBase):
         return count
 
 
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_an_archive_that_is_not_a_regular_file_is_named(tmp_path, env, kind):
+    raw_dir = tmp_path / "downloads"
+    raw_dir.mkdir()
+    if kind == "fifo":
+        os.mkfifo(raw_dir / "de-en.tgz")
+    else:
+        (raw_dir / "de-en.tgz").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "data_prep", "iwslt14-de-en", "--raw-dir", str(raw_dir),
+                           "--out-dir", str(tmp_path / "out"), "--offline"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert one_error_line(proc) == (f"error: archive {raw_dir / 'de-en.tgz'} is not a regular file; remove it or "
+                                    "put the archive there")
+
+
 def test_a_file_that_is_no_archive_is_one_line(tmp_path):
     from data_prep.archives import verify_archive
     path = tmp_path / "de-en.tgz"
