@@ -7,7 +7,7 @@ when complete, so an interrupted run never leaves a half-written table, JSON, pl
         figure.savefig(handle, format="png")     #   matplotlib
         torch.save(state, handle)                #   torch
 
-The temporary file is .NAME.HOST.PID.RANDOM.partial in the target's directory (same file system, so
+The temporary file is .NAME.HOST.RANDOM.PID.partial in the target's directory (same file system, so
 the rename is atomic); its writer holds an fcntl.flock lock on it until the rename (see
 data_prep.locking). It is removed when the block raises; one left by a killed writer (its lock
 released by the kernel) is removed by the next write of the same target, unless another host made it:
@@ -29,7 +29,7 @@ def _new_partial(path):
     """(descriptor, name) of a new locked temporary file beside `path`."""
     directory, name = os.path.split(os.fspath(path))
     while True:
-        partial = os.path.join(directory, f".{name}.{HOST}.{os.getpid()}.{secrets.token_hex(4)}.partial")
+        partial = os.path.join(directory, f".{name}.{HOST}.{secrets.token_hex(4)}.{os.getpid()}.partial")
         with contextlib.suppress(FileExistsError):  # a name in use: draw another
             fd = create_locked(partial)
             if fd is not None:
@@ -39,7 +39,7 @@ def _new_partial(path):
 def remove_stale_partials(path):
     """Deletes the temporary files of earlier writes of `path` that no writer holds, made on this host."""
     directory, name = os.path.split(os.fspath(path))
-    pattern = re.compile(rf"\.{re.escape(name)}\.(.+)\.\d+\.[0-9a-f]{{8}}\.partial")
+    pattern = re.compile(rf"\.{re.escape(name)}\.(.+)\.[0-9a-f]{{8}}\.\d+\.partial")
     for leftover in glob.glob(os.path.join(glob.escape(directory or "."), f".{glob.escape(name)}.*.partial")):
         match = pattern.fullmatch(os.path.basename(leftover))
         if match and match.group(1) == HOST:

@@ -39,7 +39,7 @@ def test_a_writer_in_another_pid_namespace_keeps_its_temporary_file(tmp_path):
     try:
         assert writer.stdout.readline().strip() == "ready"
         [leftover] = partials(tmp_path)
-        assert f".{spawned + 2}." in leftover
+        assert leftover.endswith(f".{spawned + 2}.partial")
         write_with_atomic_io(target, "meanwhile\n")
         assert partials(tmp_path) == [leftover] and target.read_text() == "meanwhile\n"
     finally:
@@ -49,9 +49,9 @@ def test_a_writer_in_another_pid_namespace_keeps_its_temporary_file(tmp_path):
 
 def test_another_hosts_temporary_file_is_left_alone(tmp_path):
     target = tmp_path / "table.md"
-    theirs = tmp_path / ".table.md.elsewhere.example.4242.0123abcd.partial"
+    theirs = tmp_path / ".table.md.elsewhere.example.0123abcd.4242.partial"
     theirs.write_text("another host may be writing this")
-    ours = tmp_path / f".table.md.{socket.gethostname()}.4242.0123abcd.partial"
+    ours = tmp_path / f".table.md.{socket.gethostname()}.0123abcd.4242.partial"
     ours.write_text("a killed writer's")
     write_with_atomic_io(target, "new\n")
     assert partials(tmp_path) == [theirs.name] and target.read_text() == "new\n"

@@ -168,7 +168,7 @@ def test_atomic_open_keeps_the_old_file_when_the_writer_fails(tmp_path):
 
 
 def test_a_killed_writers_leftover_is_removed_by_the_next_write(tmp_path):
-    """A writer killed mid-write leaves .NAME.HOST.PID.RANDOM.partial; the next write of NAME removes it,
+    """A writer killed mid-write leaves .NAME.HOST.RANDOM.PID.partial; the next write of NAME removes it,
     but not the partial file of a writer that is still running (it holds the file's lock)."""
     target = tmp_path / "table.md"
     writer = subprocess.Popen([sys.executable, "-c", (
@@ -178,7 +178,7 @@ def test_a_killed_writers_leftover_is_removed_by_the_next_write(tmp_path):
     try:
         assert writer.stdout.readline().strip() == "ready"
         [leftover] = partials(tmp_path)
-        assert leftover.startswith(f".table.md.{socket.gethostname()}.{writer.pid}.")
+        assert leftover.startswith(f".table.md.{socket.gethostname()}.") and leftover.endswith(f".{writer.pid}.partial")
         run_module("atomic_io", target, stdin="while it runs\n")
         assert partials(tmp_path) == [leftover]  # a running writer's file is left alone
     finally:
