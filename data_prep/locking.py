@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from data_prep.textfiles import DataPrepError
+from data_prep.textfiles import DataPrepError, naming
 
 HOST = socket.gethostname()
 
@@ -67,9 +67,10 @@ def exclusive_lock(path, what: str = ""):
     path = Path(path)
     fd = _open_locked(path, what)
     try:
-        os.ftruncate(fd, 0)
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        os.write(fd, f"{HOST} {os.getpid()} {started}\n".encode())
+        with naming(path):
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{HOST} {os.getpid()} {started}\n".encode())
         yield
     finally:
         # Removed while still locked: a process that opened it meanwhile finds it unlinked and retries.
