@@ -1,7 +1,10 @@
 """Building an output directory: one joint SentencePiece model, the encoded text, fairseq-preprocess
 binaries with a joined dictionary and prepare.json, for any corpus a recipe has read. The output is
-written into `.OUT.partial-PID` beside OUT and renamed into place when complete; a run skips the work
-when OUT was built from the same inputs and settings (the fingerprint)."""
+written into `.OUT.partial-HOST-PID` beside OUT and renamed into place when complete; a run skips the
+work when OUT was built from the same inputs and settings (the fingerprint). One run at a time holds
+OUT (the lock file .OUT.lock); a kill at any moment leaves a complete OUT, old or new, at once or
+after the next run's start."""
+import contextlib
 import hashlib
 import json
 import logging
@@ -13,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from data_prep.processes import pid_alive
+from data_prep.locking import HOST, exclusive_lock
 from data_prep.settings import Settings
 from data_prep.textfiles import DataPrepError, write_lines
 from data_prep.tools import SPLITS, encode_lines, run_fairseq_preprocess, train_sentencepiece
@@ -21,6 +24,8 @@ from data_prep.tools import SPLITS, encode_lines, run_fairseq_preprocess, train_
 LOG = logging.getLogger("data_prep")
 # Output sub-directories: raw references, text as SentencePiece saw it, pieces, fairseq binaries.
 RAW_DIR, TOK_DIR, PIECES_DIR, BIN_DIR = "raw", "tok", "spm", "bin"
+# fairseq's --required-batch-size-multiple default.
+BATCH_MULTIPLE = 8
 # What a build writes at the top of OUT (the manifest in prepare.json lists each file; outputs
 # of older versions, which have none, are checked against these names).
 LAYOUT = ("prepare.json", "spm.model", "spm.vocab", RAW_DIR, TOK_DIR, PIECES_DIR, BIN_DIR, "logs")
@@ -68,7 +73,10 @@ def check_out_dir(out_dir: Path) -> None:
                                 "remove it or choose another directory")
         return
     manifest = record.get("outputs") if isinstance(record, dict) else None
-    written = set(manifest) | {"prepare.json"} if isinstance(manifest, list) else None
+    if manifest is not None and not (isinstance(manifest, list) and all(isinstance(name, str) for name in manifest)):
+        raise DataPrepError(f"{out_dir / 'prepare.json'}: \"outputs\" is not a list of file names; data_prep "
+                            "cannot tell which files it wrote: move the directory away or choose another")
+    written = set(manifest) | {"prepare.json"} if manifest is not None else None
     folders = {str(parent) for name in (written or ()) for parent in Path(name).parents}
     for path in sorted(out_dir.rglob("*")):
         name = path.relative_to(out_dir)
@@ -79,21 +87,72 @@ def check_out_dir(out_dir: Path) -> None:
                                 "elsewhere first (a rebuild replaces the whole directory)")
 
 
-def remove_stale_work_dirs(out_dir: Path) -> None:
-    """Deletes the temporary directories of earlier runs for `out_dir` whose process is gone (killed,
-    or the machine went down); those of a run still going are left alone."""
-    pattern = re.compile(rf"\.{re.escape(out_dir.name)}\.(partial|old)-(\d+)")
+def real_out_dir(out_dir: Path) -> Path:
+    """The directory a build replaces: --out-dir itself, or where it points when it is a symbolic link
+    (the link stays and the output lands on the link target's file system). Refuses the current
+    directory and its ancestors: replacing them would pull the directory from under the user."""
+    path = Path(os.path.abspath(out_dir))
+    target = path.resolve() if path.is_symlink() else path
+    here = Path.cwd().resolve()
+    if target == Path(target.anchor) or target.resolve() == here or target.resolve() in here.parents:
+        raise DataPrepError(f"--out-dir {out_dir} is the current directory or above it; a build replaces its "
+                            "--out-dir whole: name a directory of its own (e.g. data/corpus)")
+    return target
+
+
+def _leftovers(out_dir: Path):
+    """(path, kind, host) of the temporary directories runs made for `out_dir` (kind "partial" or "old";
+    host None for those of versions that did not record it)."""
+    pattern = re.compile(rf"\.{re.escape(out_dir.name)}\.(partial|old)-(?:(.+)-)?(\d+)")
     if not out_dir.parent.is_dir():
-        return
-    for path in out_dir.parent.iterdir():
-        found = pattern.fullmatch(path.name)
-        if not found:
-            continue
-        if pid_alive(int(found.group(2))):
-            LOG.info("leaving %s: its run (PID %s) is still going", path, found.group(2))
-            continue
-        LOG.info("removing %s, left by a run that was killed", path)
+        return []
+    found = ((path, pattern.fullmatch(path.name)) for path in sorted(out_dir.parent.iterdir()))
+    return [(path, match.group(1), match.group(2)) for path, match in found if match]
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def claim_out_dir(out_dir: Path):
+    """Holds `out_dir` for this run (a second run is refused, naming host and PID of the first), after
+    finishing what killed runs left: a complete `out_dir` moved aside just before a kill is put back,
+    and their temporary directories are deleted, except those another host made (it may still be
+    writing them, on a file system whose locks it does not share)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out_dir.with_name(f".{out_dir.name}.lock"), what=f"--out-dir {out_dir}"):
+        leftovers = _leftovers(out_dir)
+        if not out_dir.exists() and not out_dir.is_symlink():
+            # A kill between the two renames of _replace_dir: the complete old build is put back.
+            for path, kind, host in leftovers:
+                if kind == "old":
+                    path.rename(out_dir)
+                    LOG.warning("restored %s from %s, left by a run killed while replacing it", out_dir, path)
+                    break
+        for path, kind, host in _leftovers(out_dir):
+            if host not in (None, HOST):
+                LOG.warning("leaving %s: made on host %s, which may still be writing it (delete it yourself "
+                            "when no data prep runs there)", path, host)
+                continue
+            LOG.info("removing %s, left by a run that was killed", path)
+            _remove(path)
+        yield
+
+
+def _require_batches(splits: dict) -> None:
+    """fairseq batches sentences in multiples of BATCH_MULTIPLE and drops the rest: a training split
+    smaller than that gives fairseq-train no batch at all ("The dataset is empty")."""
+    if len(splits["train"]) < BATCH_MULTIPLE:
+        raise DataPrepError(f"the train split has {len(splits['train'])} sentence pairs; fairseq-train needs at "
+                            f"least {BATCH_MULTIPLE} (its batches hold a multiple of {BATCH_MULTIPLE})")
+    if len(splits["valid"]) < BATCH_MULTIPLE:
+        LOG.warning("the valid split has %d sentence pairs, fewer than fairseq's batch multiple %d: fairseq-train "
+                    "needs --required-batch-size-multiple %d or less to validate on it", len(splits["valid"]),
+                    BATCH_MULTIPLE, len(splits["valid"]))
 
 
 def _require_training_text(corpus) -> None:
@@ -109,30 +168,44 @@ def build_dataset(out_dir: Path, corpus_name: str, splits: dict, settings: Setti
     for split in SPLITS:
         if len(splits[split]) == 0:
             raise DataPrepError(f"empty corpus: the {split} split has no sentence pairs")
+    _require_batches(splits)
     _require_training_text(splits["train"])
     started = time.time()
     LOG.info("building %s (%s) with %s; pairs: %s", out_dir, corpus_name, settings.as_dict(),
              ", ".join(f"{split} {len(corpus)}" for split, corpus in splits.items()))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(work, ignore_errors=True)
+    work = out_dir.with_name(f".{out_dir.name}.partial-{HOST}-{os.getpid()}")
+    _remove(work)
     try:
         (work / "logs").mkdir(parents=True)
         # tok/ holds the text SentencePiece sees whenever that differs from the raw text.
         pretokenised = any(part.text_src is not None for part in splits.values())
-        for split, corpus in splits.items():
+
+        def write_text(split, corpus):
             write_lines(work / RAW_DIR / f"{split}.{settings.src}", corpus.raw_src)
             write_lines(work / RAW_DIR / f"{split}.{settings.tgt}", corpus.raw_tgt)
             if pretokenised:
                 write_lines(work / TOK_DIR / f"{split}.{settings.src}", corpus.model_src)
                 write_lines(work / TOK_DIR / f"{split}.{settings.tgt}", corpus.model_tgt)
+        for split, corpus in splits.items():
+            write_text(split, corpus)
         text_dir = work / (TOK_DIR if pretokenised else RAW_DIR)
         processor = train_sentencepiece([text_dir / f"train.{settings.src}", text_dir / f"train.{settings.tgt}"],
-                                        work / "spm", settings, work / "logs" / "sentencepiece.log")
-        for split, corpus in splits.items():
-            for lang, lines in ((settings.src, corpus.model_src), (settings.tgt, corpus.model_tgt)):
-                write_lines(work / PIECES_DIR / f"{split}.{lang}",
-                            encode_lines(processor, lines, settings.workers, f"encode {split}.{lang}"))
+                                        work / "spm", settings, work / "logs" / "sentencepiece.log",
+                                        sentences=2 * len(splits["train"]))
+        pieces = {split: [encode_lines(processor, lines, settings.workers, f"encode {split}.{lang}")
+                          for lang, lines in ((settings.src, corpus.model_src), (settings.tgt, corpus.model_tgt))]
+                  for split, corpus in splits.items()}
+        for split in SPLITS:
+            kept = _fitting_pairs(split, splits[split], pieces[split], settings.max_positions)
+            if len(kept) < len(splits[split]):
+                splits[split] = splits[split].select(kept)
+                pieces[split] = [[side[i] for i in kept] for side in pieces[split]]
+                write_text(split, splits[split])
+        _require_batches(splits)
+        for split in SPLITS:
+            for lang, lines in zip((settings.src, settings.tgt), pieces[split]):
+                write_lines(work / PIECES_DIR / f"{split}.{lang}", lines)
         preprocess_command = run_fairseq_preprocess(work / PIECES_DIR, work / BIN_DIR, settings,
                                                     work / "logs" / "preprocess.log")
         dictionary_size = sum(1 for _ in open(work / BIN_DIR / f"dict.{settings.src}.txt", encoding="utf-8"))
@@ -162,22 +235,47 @@ def build_dataset(out_dir: Path, corpus_name: str, splits: dict, settings: Setti
             # Every file of the build: a rebuild refuses to delete anything else found in OUT.
             "outputs": sorted(str(path.relative_to(work)) for path in work.rglob("*") if path.is_file()),
         }
-        (work / "prepare.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+        write_lines(work / "prepare.json", [json.dumps(record, indent=2, ensure_ascii=False)])
         _replace_dir(work, out_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    LOG.info("wrote %s (%s) in %.0f s", out_dir,
-             ", ".join(f"{split} {len(corpus)}" for split, corpus in splits.items()), time.time() - started)
+    LOG.info("wrote %s (%s pairs; vocabulary of %d pieces) in %.0f s", out_dir,
+             ", ".join(f"{split} {len(corpus)}" for split, corpus in splits.items()),
+             record["sentencepiece"]["vocab_size"], time.time() - started)
     return out_dir
 
 
+def _fitting_pairs(split: str, corpus, pieces, max_positions: int) -> list:
+    """Indices of the pairs whose sides fit the model with their end-of-sentence token. fairseq-train
+    stops at a longer pair; training and validation pairs are left out (as fairseq's
+    --skip-invalid-size-inputs-valid-test would), a test sentence is an error (every one is scored)."""
+    kept = []
+    for index, (source, target) in enumerate(zip(*pieces)):
+        longest = max(len(source.split()), len(target.split()))
+        if longest + 1 <= max_positions:
+            kept.append(index)
+        elif split == "test":
+            raise DataPrepError(f"{corpus.names[0]} / {corpus.names[1]}: test pair {index + 1} has {longest} "
+                                f"SentencePiece tokens, more than --max-positions {max_positions} allows "
+                                f"({max_positions - 1} and the end of sentence); shorten or split it")
+    dropped = len(corpus) - len(kept)
+    if dropped:
+        LOG.warning("%s: left out %d of %d pairs longer than --max-positions %d allows", split, dropped,
+                    len(corpus), max_positions)
+    if not kept:
+        raise DataPrepError(f"the {split} split has no pair that fits --max-positions {max_positions}")
+    return kept
+
+
 def _replace_dir(new: Path, target: Path) -> None:
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    """Two renames: a kill between them leaves the complete old build as .TARGET.old-HOST-PID, which
+    the next run for `target` puts back (claim_out_dir)."""
+    old = target.with_name(f".{target.name}.old-{HOST}-{os.getpid()}")
     if target.exists():
         target.rename(old)
     new.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
 
 
 def _command_line():

@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from data_prep.build import remove_stale_work_dirs
+from data_prep.build import claim_out_dir, real_out_dir
 from data_prep.recipes import RECIPES
 from data_prep.settings import MODEL_TYPES, Cleaning, default
 from data_prep.textfiles import DataPrepError
@@ -48,6 +48,10 @@ def add_settings_arguments(parser, overrides: dict, out_dir) -> None:
                              f"(default {value('spm_sentences')})")
     parser.add_argument("--seed", type=int, default=value("seed"),
                         help=f"SentencePiece sampling seed (default {value('seed')})")
+    parser.add_argument("--max-positions", type=int, default=value("max_positions"),
+                        help="the model's longest sentence in tokens, end-of-sentence included: longer "
+                             "training/validation pairs are left out (counted in the log), a longer test "
+                             f"sentence is an error (default {value('max_positions')}, fairseq's transformers)")
     parser.add_argument("--force", action="store_true",
                         help="rebuild even when --out-dir was already built from the same inputs and settings")
 
@@ -101,14 +105,26 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _exit_on_signal)
+    given = args.out_dir
     try:
-        remove_stale_work_dirs(args.out_dir)
-        out_dir = args.handler(args)
+        args.out_dir = real_out_dir(given)
+        with claim_out_dir(args.out_dir):
+            args.handler(args)
     except DataPrepError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # permission denied, disk full, read-only file system, ...: the build removed its output
+        print(f"error: {describe_os_error(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # the build removed its temporary directory and ended its children
         print("error: interrupted", file=sys.stderr)
         return 130
-    print(out_dir)
+    print(given)
     return 0
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line naming the path(s) and the reason, as the system words it."""
+    paths = " -> ".join(str(name) for name in (error.filename, error.filename2) if name is not None)
+    reason = error.strerror or str(error)
+    return f"{paths}: {reason}" if paths else reason

@@ -15,20 +15,6 @@ from pathlib import Path
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-def pid_alive(pid: int) -> bool:
-    """True while `pid` runs (another user's process counts; a zombie does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    try:  # a killed run's zombie, not yet reaped, is not running either
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return True
-
-
 def die_with_parent(signum: int = signal.SIGKILL) -> bool:
     """Asks the kernel to send `signum` to this process when its parent exits; False where unsupported."""
     if not sys.platform.startswith("linux"):

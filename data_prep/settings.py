@@ -25,6 +25,9 @@ class Settings:
     character_coverage: float = 1.0
     spm_sentences: int = 2_000_000
     seed: int = 1
+    # fairseq's transformer default (max_source_positions / max_target_positions): a sentence must
+    # fit with its end-of-sentence token.
+    max_positions: int = 1024
     extra: dict = field(default_factory=dict)  # recipe-specific settings (cleaning, test sets, ...)
 
     def validate(self) -> "Settings":
@@ -33,16 +36,20 @@ class Settings:
                                 f"(got {self.src!r}, {self.tgt!r})")
         if self.src == self.tgt:
             raise DataPrepError(f"--src-lang and --tgt-lang must differ (both are {self.src!r})")
-        if self.vocab_size < 8:
-            raise DataPrepError(f"--vocab-size must be at least 8 (got {self.vocab_size})")
+        if not 8 <= self.vocab_size <= MAX_VOCAB_SIZE:
+            raise DataPrepError(f"--vocab-size must be between 8 and {MAX_VOCAB_SIZE} (got {self.vocab_size})")
         if self.model_type not in MODEL_TYPES:
             raise DataPrepError(f"--model-type must be bpe or unigram (got {self.model_type!r})")
-        if self.workers < 1:
-            raise DataPrepError(f"--workers must be at least 1 (got {self.workers})")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise DataPrepError(f"--workers must be between 1 and {MAX_WORKERS} (got {self.workers})")
         if not 0.9 <= self.character_coverage <= 1.0:
             raise DataPrepError(f"--character-coverage must be in [0.9, 1] (got {self.character_coverage})")
-        if self.spm_sentences < 1:
-            raise DataPrepError(f"--spm-sentences must be at least 1 (got {self.spm_sentences})")
+        if self.spm_sentences <= 100:  # SentencePiece refuses a sample of 100 sentences or fewer
+            raise DataPrepError(f"--spm-sentences must be more than 100 (got {self.spm_sentences})")
+        if not 0 <= self.seed < 2 ** 32:
+            raise DataPrepError(f"--seed must be between 0 and {2 ** 32 - 1} (got {self.seed})")
+        if self.max_positions < 2:
+            raise DataPrepError(f"--max-positions must be at least 2 (got {self.max_positions})")
         return self
 
     def as_dict(self):
@@ -56,6 +63,11 @@ class Settings:
 
 
 MODEL_TYPES = ("bpe", "unigram")
+# SentencePiece allocates for the vocabulary asked for (10^9 pieces take seconds even on a tiny text);
+# NMT vocabularies stay far below this.
+MAX_VOCAB_SIZE = 1_000_000
+# Processes for tokenising and threads for SentencePiece and fairseq-preprocess.
+MAX_WORKERS = 1024
 
 
 def default(name: str, overrides: dict):

@@ -1,6 +1,7 @@
 """Reading and writing the corpora's text files, and file digests. Every line data_prep reads goes
 through `decode_lines`, so text is split into lines one way: at "\\n" only (a "\\r" right before it is
 part of a Windows line end)."""
+import contextlib
 import hashlib
 import logging
 import re
@@ -60,18 +61,45 @@ def decode_lines(data: bytes, name: str, replace_line_breaking: bool = False) ->
     return lines
 
 
+def require_file(path: Path) -> None:
+    """Refuses, in one line, an input that is missing or not a regular file (reading a FIFO would wait
+    for a writer forever)."""
+    if path.is_file():
+        return
+    if path.is_dir():
+        raise DataPrepError(f"input {path} is a directory, not a text file")
+    if path.exists():
+        raise DataPrepError(f"input {path} is not a regular file (a FIFO, socket or device); give a text file")
+    raise DataPrepError(f"missing input file: {path}")
+
+
 def read_lines(path: Path) -> list:
-    if not path.is_file():
-        raise DataPrepError(f"missing input file: {path}")
+    require_file(path)
     return decode_lines(path.read_bytes(), str(path))
+
+
+@contextlib.contextmanager
+def naming(path):
+    """An OSError of a write to an open file (disk full, file too large) names no file: this one names `path`."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None:
+            raise OSError(error.errno, error.strerror, str(path)) from None
+        raise
 
 
 def write_lines(path: Path, lines) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="\n") as handle:
+    with naming(path), open(path, "w", encoding="utf-8", newline="\n") as handle:
         for line in lines:
             handle.write(line)
             handle.write("\n")
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with naming(path), open(path, "wb") as handle:
+        handle.write(data)
 
 
 def file_digests(path: Path, algorithms=("sha256",)) -> dict:

@@ -1,6 +1,7 @@
 """The two tools a build runs: SentencePiece (in-process: training and encoding) and fairseq-preprocess
 (a child process tied to this one, see processes.py). Their failures that a user can fix become one
 DataPrepError line naming the cause and the fix."""
+import io
 import logging
 import re
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data_prep.processes import run_tied
-from data_prep.textfiles import DataPrepError
+from data_prep.textfiles import DataPrepError, write_bytes, write_lines
 
 LOG = logging.getLogger("data_prep")
 SPLITS = ("train", "valid", "test")
@@ -17,18 +18,24 @@ SPLITS = ("train", "valid", "test")
 _TOO_FEW_PIECES = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
 
 
-def train_sentencepiece(text_files, prefix: Path, settings, log_path: Path):
+def train_sentencepiece(text_files, prefix: Path, settings, log_path: Path, sentences: int):
+    """Trains on `text_files` (`sentences` lines in all) and writes PREFIX.model and PREFIX.vocab from
+    Python, so that a failed write (disk full, ...) is an OSError naming the file (SentencePiece's own
+    writer would leave a truncated model behind without a word)."""
     import sentencepiece as spm
     LOG.info("training SentencePiece %s, vocab %d, on %s", settings.model_type, settings.vocab_size,
              ", ".join(str(path) for path in text_files))
     spm.set_random_generator_seed(settings.seed)
+    model = io.BytesIO()
     try:
         with open(log_path, "w") as log:
             spm.SentencePieceTrainer.train(
-                input=[str(path) for path in text_files], model_prefix=str(prefix),
+                input=[str(path) for path in text_files], model_writer=model,
                 vocab_size=settings.vocab_size, model_type=settings.model_type,
                 character_coverage=settings.character_coverage,
-                input_sentence_size=settings.spm_sentences, shuffle_input_sentence=True,
+                # 0 is all of them: a larger number (up to any size) means all too.
+                input_sentence_size=0 if settings.spm_sentences >= sentences else settings.spm_sentences,
+                shuffle_input_sentence=True,
                 # Small corpora cannot fill a large vocabulary; take what they support instead of failing.
                 hard_vocab_limit=False,
                 num_threads=settings.workers, logstream=log)
@@ -41,7 +48,16 @@ def train_sentencepiece(text_files, prefix: Path, settings, log_path: Path):
                 "--character-coverage") from None
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         raise DataPrepError(f"SentencePiece training failed: {reason}") from None
-    return spm.SentencePieceProcessor(model_file=str(prefix) + ".model")
+    processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    write_bytes(Path(f"{prefix}.model"), model.getvalue())
+    # The layout of SentencePiece's own .vocab file: piece, tab, score (printf %g).
+    write_lines(Path(f"{prefix}.vocab"), (f"{processor.id_to_piece(piece_id)}\t{processor.get_score(piece_id):g}"
+                                          for piece_id in range(processor.get_piece_size())))
+    built = processor.get_piece_size()
+    if built != settings.vocab_size:
+        LOG.warning("--vocab-size %d: this training text supports %d pieces only; built a vocabulary of %d",
+                    settings.vocab_size, built, built)
+    return processor
 
 
 def encode_lines(processor, lines: list, workers: int, desc: str) -> list:

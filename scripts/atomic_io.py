@@ -7,9 +7,11 @@ when complete, so an interrupted run never leaves a half-written table, JSON, pl
         figure.savefig(handle, format="png")     #   matplotlib
         torch.save(state, handle)                #   torch
 
-The temporary file is .NAME.PID.partial in the target's directory (same file system, so the rename is
-atomic). It is removed when the block raises; one left by a killed process (its PID no longer
-running) is removed by the next write of the same target.
+The temporary file is .NAME.HOST.RANDOM.PID.partial in the target's directory (same file system, so
+the rename is atomic); its writer holds an fcntl.flock lock on it until the rename (see
+data_prep.locking). It is removed when the block raises; one left by a killed writer (its lock
+released by the kernel) is removed by the next write of the same target, unless another host made it:
+that host may still be writing it.
 
 From the shell: ... | python -m scripts.atomic_io PATH   (stdin to PATH, atomically).
 """
@@ -17,25 +19,31 @@ import contextlib
 import glob
 import os
 import re
+import secrets
 import sys
 
-from data_prep.processes import pid_alive
+from data_prep.locking import HOST, create_locked, remove_if_abandoned
 
 
-def partial_path(path):
+def _new_partial(path):
+    """(descriptor, name) of a new locked temporary file beside `path`."""
     directory, name = os.path.split(os.fspath(path))
-    return os.path.join(directory, f".{name}.{os.getpid()}.partial")
+    while True:
+        partial = os.path.join(directory, f".{name}.{HOST}.{secrets.token_hex(4)}.{os.getpid()}.partial")
+        with contextlib.suppress(FileExistsError):  # a name in use: draw another
+            fd = create_locked(partial)
+            if fd is not None:
+                return fd, partial
 
 
 def remove_stale_partials(path):
-    """Deletes the temporary files of earlier writes of `path` whose process is gone."""
+    """Deletes the temporary files of earlier writes of `path` that no writer holds, made on this host."""
     directory, name = os.path.split(os.fspath(path))
-    pattern = re.compile(rf"\.{re.escape(name)}\.(\d+)\.partial")
+    pattern = re.compile(rf"\.{re.escape(name)}\.(.+)\.[0-9a-f]{{8}}\.\d+\.partial")
     for leftover in glob.glob(os.path.join(glob.escape(directory or "."), f".{glob.escape(name)}.*.partial")):
         match = pattern.fullmatch(os.path.basename(leftover))
-        if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(leftover)
+        if match and match.group(1) == HOST:
+            remove_if_abandoned(leftover)
 
 
 @contextlib.contextmanager
@@ -47,9 +55,10 @@ def atomic_open(path, mode="w", encoding="utf-8"):
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     remove_stale_partials(path)
-    partial = partial_path(path)
+    fd, partial = _new_partial(path)
     try:
-        with open(partial, mode, encoding=None if mode == "wb" else encoding) as handle:
+        # The descriptor keeps the lock until the file has its final name.
+        with open(os.dup(fd), mode, encoding=None if mode == "wb" else encoding) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -58,6 +67,8 @@ def atomic_open(path, mode="w", encoding="utf-8"):
         with contextlib.suppress(FileNotFoundError):
             os.remove(partial)
         raise
+    finally:
+        os.close(fd)
 
 
 def write_text_atomically(path, text):

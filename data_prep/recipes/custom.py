@@ -4,7 +4,7 @@ from pathlib import Path
 from data_prep.build import build_dataset, fingerprint_to_build
 from data_prep.settings import Settings
 from data_prep.text import add_model_text, pair_lines, text_steps
-from data_prep.textfiles import DataPrepError, file_digests, read_lines
+from data_prep.textfiles import file_digests, read_lines, require_file
 
 NAME = "custom"
 HELP = "any parallel corpus given as PREFIX.SRC / PREFIX.TGT text files"
@@ -31,8 +31,7 @@ def run(args) -> Path:
     for split, prefix in prefixes.items():
         for lang in (settings.src, settings.tgt):
             path = Path(f"{prefix}.{lang}")
-            if not path.is_file():
-                raise DataPrepError(f"missing input file: {path}")
+            require_file(path)
             inputs[f"{split}.{lang}"] = {"path": str(path.resolve()), "bytes": path.stat().st_size,
                                          **file_digests(path)}
     fingerprint = fingerprint_to_build(args.out_dir, NAME, settings, inputs, args.force)

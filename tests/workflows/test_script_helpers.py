@@ -3,6 +3,7 @@
 import json
 import random
 import signal
+import socket
 import subprocess
 import sys
 
@@ -167,8 +168,8 @@ def test_atomic_open_keeps_the_old_file_when_the_writer_fails(tmp_path):
 
 
 def test_a_killed_writers_leftover_is_removed_by_the_next_write(tmp_path):
-    """A writer killed mid-write leaves .NAME.PID.partial; the next write of NAME removes it, but not
-    the partial file of a writer that is still running."""
+    """A writer killed mid-write leaves .NAME.HOST.RANDOM.PID.partial; the next write of NAME removes it,
+    but not the partial file of a writer that is still running (it holds the file's lock)."""
     target = tmp_path / "table.md"
     writer = subprocess.Popen([sys.executable, "-c", (
         "import sys, time\nfrom scripts.atomic_io import atomic_open\n"
@@ -176,8 +177,8 @@ def test_a_killed_writers_leftover_is_removed_by_the_next_write(tmp_path):
         str(target)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert writer.stdout.readline().strip() == "ready"
-        leftover = f".table.md.{writer.pid}.partial"
-        assert partials(tmp_path) == [leftover]
+        [leftover] = partials(tmp_path)
+        assert leftover.startswith(f".table.md.{socket.gethostname()}.") and leftover.endswith(f".{writer.pid}.partial")
         run_module("atomic_io", target, stdin="while it runs\n")
         assert partials(tmp_path) == [leftover]  # a running writer's file is left alone
     finally:
