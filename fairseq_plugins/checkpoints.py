@@ -80,11 +80,12 @@ def open_checkpoint(local_path, path=None):
         raise
     except OSError as error:
         raise CheckpointLoadError(f"cannot open checkpoint {path}: {error.strerror or error}") from None
+    status = os.fstat(descriptor)
+    if not stat.S_ISREG(status.st_mode):
+        os.close(descriptor)
+        raise CheckpointLoadError(f"checkpoint {path} is not a regular file ({_file_kind(status.st_mode)}); "
+                                  "only regular files are read as checkpoints")
     with open(descriptor, "rb", closefd=True) as handle:
-        status = os.fstat(descriptor)
-        if not stat.S_ISREG(status.st_mode):
-            raise CheckpointLoadError(f"checkpoint {path} is not a regular file ({_file_kind(status.st_mode)}); "
-                                      "only regular files are read as checkpoints")
         os.set_blocking(descriptor, True)
         head = os.pread(descriptor, 4, 0)
         if head != b"PK\x03\x04" and head[:1] != b"\x80":  # a zip archive, or torch's legacy pickle
