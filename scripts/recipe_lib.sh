@@ -72,7 +72,7 @@ hold_lock() {
   command -v flock > /dev/null || die "flock (util-linux) is needed to keep two runs out of $what"
   exec {LOCK_FD}<> "$file" || die "cannot open the lock file $file"
   if ! flock --nonblock "$LOCK_FD"; then
-    holder=$(head -c 300 "$file" 2> /dev/null | tr '\n' ' ')
+    IFS= read -r holder < "$file" || true
     die "$what is in use by another run (${holder:-which has not recorded its host and PID yet}); wait for it to end, or use another directory"
   fi
   # A holder that deleted the file after we opened it leaves us locking a file nobody else will open.

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -202,12 +203,15 @@ def test_evaluate_names_a_damaged_run_json_in_one_line(tmp_path, content, compla
 
 def test_evaluate_leaves_no_temporary_files_after_a_failure_and_removes_only_its_own(tmp_path, toy_data_bin):
     """fairseq-generate fails (a checkpoint that is not one): no temporary file stays behind; those an
-    earlier killed evaluation left (its own names, any PID) are removed, and the user's files are not,
-    even when they look like temporaries (*.tmp, .*.partial)."""
+    earlier killed evaluation left (its own names, any PID: one of a zombie too, which `kill -0` counts
+    as alive) are removed, and the user's files are not, even when they look like temporaries."""
     run = evaluation_run(tmp_path, toy_data_bin.parent)
     eval_dir = run / "eval"
     eval_dir.mkdir()
+    zombie = subprocess.Popen(["true"])  # exits at once; not waited for until the end, so a zombie
+    time.sleep(0.2)
     stale = [eval_dir / ".test.results.json.999999999.partial", eval_dir / ".valid.generate.txt.12.partial",
+             eval_dir / f".test.hyp.detok.tgt.{zombie.pid}.partial",
              run / "checkpoints" / ".checkpoint_avg_last5.pt.77.partial"]
     users = ["notes.tmp", "test.generate.txt.tmp", ".draft.abc.partial", ".test.results.json.mine.partial"]
     for path in stale + [eval_dir / name for name in users]:
@@ -219,7 +223,8 @@ def test_evaluate_leaves_no_temporary_files_after_a_failure_and_removes_only_its
     assert proc.returncode != 0
     assert sorted(p.name for p in eval_dir.iterdir()) == sorted(["test.generate.txt", *users]), proc.stderr[-2000:]
     assert (eval_dir / "test.generate.txt").read_text() == "an earlier complete output\n"
-    assert not any(path.exists() for path in stale)
+    assert not [path.name for path in stale if path.exists()]
+    zombie.wait()
 
 
 def test_evaluate_refuses_a_run_whose_corpus_is_gone(tmp_path):
