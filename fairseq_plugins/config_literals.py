@@ -72,7 +72,8 @@ def literal_value(source):
     """The value of ``source`` if it is a plain literal, else ``NotALiteral``.
 
     Plain literals are what ``ast.literal_eval`` accepts, plus ``+``, ``-``, ``*``, ``/`` between
-    numbers and ``+`` / ``*`` (by a small integer) on lists and tuples. Nothing is looked up or called.
+    numbers and ``+`` / ``*`` (by an integer) on lists and tuples, building at most ``MAX_LITERAL_ITEMS``
+    items in all. Nothing is looked up or called.
     """
     if isinstance(source, (bytes, bytearray)):
         source = bytes(source).decode("utf-8", errors="replace")

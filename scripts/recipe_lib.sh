@@ -70,7 +70,7 @@ splittable_worker_counts() {
 hold_lock() {
   local file=$1 what=$2 holder
   command -v flock > /dev/null || die "flock (util-linux) is needed to keep two runs out of $what"
-  exec {LOCK_FD}<> "$file" || die "cannot open the lock file $file"
+  { exec {LOCK_FD}<> "$file"; } 2> /dev/null || die "cannot open the lock file $file (is the directory writable?)"
   if ! flock --nonblock "$LOCK_FD"; then
     IFS= read -r holder < "$file" || true
     die "$what is in use by another run (${holder:-which has not recorded its host and PID yet}); wait for it to end, or use another directory"
