@@ -72,7 +72,6 @@ def test_a_second_training_of_a_run_directory_is_refused_until_the_first_is_kill
     first = start("train.sh", "demo", "--data-dir", toy_data_bin.parent, "--run-dir", run_dir, DEMO_MAX_EPOCH="100")
     try:
         lock = run_dir / ".train.lock"
-        wait_for(lambda: lock.exists() and lock.read_text().strip(), first)
         wait_for(lambda: group_runs(first.pid, "fairseq_cli.train"), first)
         second = run("train.sh", "demo", "--data-dir", toy_data_bin.parent, "--run-dir", run_dir, "--seed", "2")
         assert second.returncode == 2
