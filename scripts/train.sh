@@ -31,7 +31,10 @@ hardware; the per-GPU batch is at most MAX_TOKENS and at least MIN_MAX_TOKENS (l
 only when that keeps the product exact). A worker count that cannot split it is refused, naming the
 counts that can.
 The run directory gets command.sh (the exact command), run.json (settings), train.log (JSON log
-lines) and tensorboard/. Re-running the same command resumes from checkpoints/checkpoint_last.pt.
+lines and errors; errors also go to stderr) and tensorboard/. Re-running the same command resumes
+from checkpoints/checkpoint_last.pt. One training per run directory: a second is refused in one line
+naming the host and PID of the first (the lock, RUN_DIR/.train.lock, is released by the kernel when
+that run ends, however it ends). A run that fails before its first checkpoint removes what it wrote.
 
 Environment: RUNS_DIR (default runs), PYTHON (interpreter), FP16 (auto|0|1, default auto: on with GPUs),
 NUM_GPUS (GPUs to train on, default all that torch sees; more than it sees is refused),
