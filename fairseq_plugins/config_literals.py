@@ -55,7 +55,12 @@ MODULES_THAT_EVAL = (
 )
 
 MAX_SOURCE_CHARS = 100_000
-MAX_REPEATED_ITEMS = 100_000  # '[(512, 3)] * 20' is fine; '[0] * 10**12' would exhaust memory
+# The most items (numbers, strings, containers, each counted every time it appears: a list repeated
+# by '*' counts as many times as it is repeated) that a literal may build. fairseq's own literals
+# ('[(512, 3)] * 20', cutoffs, betas) hold a few hundred; the size is computed from the operands
+# before any '+' or '*' builds its result, so '([0] * 99999,) * 9000' or a chain of '[0] * 99999 + ...'
+# is refused without allocating it.
+MAX_LITERAL_ITEMS = 100_000
 _RESOLVER_CALL = re.compile(r"\$\{\s*[\w.\-]+\s*:")  # OmegaConf '${oc.env:NAME}', not '${common.seed}'
 
 
@@ -67,7 +72,8 @@ def literal_value(source):
     """The value of ``source`` if it is a plain literal, else ``NotALiteral``.
 
     Plain literals are what ``ast.literal_eval`` accepts, plus ``+``, ``-``, ``*``, ``/`` between
-    numbers and ``+`` / ``*`` (by a small integer) on lists and tuples. Nothing is looked up or called.
+    numbers and ``+`` / ``*`` (by an integer) on lists and tuples, building at most ``MAX_LITERAL_ITEMS``
+    items in all. Nothing is looked up or called.
     """
     if isinstance(source, (bytes, bytearray)):
         source = bytes(source).decode("utf-8", errors="replace")
@@ -78,7 +84,11 @@ def literal_value(source):
     except (SyntaxError, ValueError, RecursionError, MemoryError) as error:
         raise NotALiteral(f"{_shorten(source)} is not a Python literal ({type(error).__name__})") from None
     try:
-        return _evaluate(tree.body)
+        value, _items = _evaluate(tree.body)
+        return value
+    except _TooLarge as error:
+        raise NotALiteral(f"{_shorten(source)} would build {error.items} items or more "
+                          f"(at most {MAX_LITERAL_ITEMS} are allowed)") from None
     except RecursionError:
         raise NotALiteral(f"{_shorten(source)} is nested too deeply") from None
     except _Code as code:
@@ -93,36 +103,55 @@ class _Code(Exception):
         self.node = node
 
 
+class _TooLarge(Exception):
+    def __init__(self, items):
+        super().__init__()
+        self.items = items
+
+
+def _counted(value, items):
+    """(value, items) once ``items`` is known to be within the bound."""
+    if items > MAX_LITERAL_ITEMS:
+        raise _TooLarge(items)
+    return value, items
+
+
 _NUMBER_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 _NUMBER = (int, float, complex)
 
 
 def _evaluate(node):
+    """(value, items): the literal's value and how many items it holds, shared ones counted each time."""
     if isinstance(node, ast.Constant) and node.value is not Ellipsis:
-        return node.value
+        return node.value, 1
     if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and not any(isinstance(e, ast.Starred) for e in node.elts):
-        items = [_evaluate(element) for element in node.elts]
-        return {ast.Tuple: tuple, ast.List: list, ast.Set: set}[type(node)](items)
+        pairs = [_evaluate(element) for element in node.elts]
+        container = {ast.Tuple: tuple, ast.List: list, ast.Set: set}[type(node)]
+        return _counted(container(value for value, _ in pairs), 1 + sum(items for _, items in pairs))
     if isinstance(node, ast.Dict) and None not in node.keys:
-        return {_evaluate(k): _evaluate(v) for k, v in zip(node.keys, node.values)}
+        keys, values = [_evaluate(k) for k in node.keys], [_evaluate(v) for v in node.values]
+        items = 1 + sum(n for _, n in keys) + sum(n for _, n in values)
+        return _counted({k: v for (k, _), (v, _) in zip(keys, values)}, items)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        operand = _evaluate(node.operand)
+        operand, items = _evaluate(node.operand)
         if isinstance(operand, _NUMBER):
-            return -operand if isinstance(node.op, ast.USub) else +operand
+            return (-operand if isinstance(node.op, ast.USub) else +operand), items
     if isinstance(node, ast.BinOp) and type(node.op) in _NUMBER_OPERATORS:
-        left, right = _evaluate(node.left), _evaluate(node.right)
+        (left, left_items), (right, right_items) = _evaluate(node.left), _evaluate(node.right)
         if isinstance(left, _NUMBER) and isinstance(right, _NUMBER):
             try:
-                return _NUMBER_OPERATORS[type(node.op)](left, right)
+                return _NUMBER_OPERATORS[type(node.op)](left, right), 1
             except ZeroDivisionError:
                 raise _Code(node) from None
         if isinstance(node.op, ast.Add) and type(left) is type(right) and isinstance(left, (list, tuple)):
-            return left + right
+            _counted(None, left_items + right_items - 1)  # checked before the concatenation is built
+            return left + right, left_items + right_items - 1
         if isinstance(node.op, ast.Mult):
-            sequence, count = (left, right) if isinstance(right, int) else (right, left)
-            if (isinstance(sequence, (list, tuple)) and isinstance(count, int) and not isinstance(count, bool)
-                    and len(sequence) * max(count, 0) <= MAX_REPEATED_ITEMS):
-                return sequence * count
+            (sequence, items), count = ((left, left_items), right) if isinstance(right, int) else ((right, right_items), left)
+            if isinstance(sequence, (list, tuple)) and isinstance(count, int) and not isinstance(count, bool):
+                count = max(count, 0)
+                _counted(None, 1 + (items - 1) * count)  # checked before the repetition is built
+                return sequence * count, 1 + (items - 1) * count
     raise _Code(node)
 
 

@@ -46,6 +46,12 @@ def one_line_message(error: BaseException):
     """The line to print for ``error``, or None when it is not a user's mistake."""
     if isinstance(error, UserInputError):
         return " ".join(str(error).split("\n"))
+    # fairseq re-raises some failures as a bare Exception with a generic message ("Cannot load model
+    # parameters from checkpoint ...; please ensure that the architectures match"): the user's mistake
+    # it was raised while handling says more.
+    cause = error.__cause__ or error.__context__
+    if type(error) is Exception and cause is not None:
+        return one_line_message(cause)
     if type(error).__name__ == "ProcessRaisedException":  # torch.multiprocessing, from a spawned worker
         lines = [line for line in str(error).splitlines() if line.strip()]
         match = _WORKER_LAST_LINE.match(lines[-1]) if lines else None

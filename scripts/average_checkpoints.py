@@ -4,13 +4,21 @@
 Loading goes through fairseq_plugins.checkpoints, so every checkpoint is read with
 torch.load(weights_only=True) and an unreadable one is reported by name. The average is accumulated
 in float64 and stored in each parameter's own dtype; everything else (config, dictionaries' args)
-comes from the newest checkpoint. The output is written under a temporary name and renamed.
+comes from the newest checkpoint. The output is written under a temporary name and renamed; a
+failure to write it (permission, read-only or full disk, a directory in the way) is one line naming
+it, and leaves no partial file.
+
+While a training rotates its checkpoints (--keep-last-epochs), the set averaged is consistent: every
+checkpoint is opened before any is read, and an open file stays readable after training deletes it.
+One that vanishes between the listing and its opening makes the directory be listed again; if that
+keeps happening, one line names the file that vanished.
 
   average_checkpoints.py --inputs RUN/checkpoints --num-epoch-checkpoints 10 --output RUN/checkpoint_avg.pt
   average_checkpoints.py --inputs a.pt b.pt c.pt --output avg.pt
 """
 import argparse
 import collections
+import contextlib
 import logging
 import os
 import re
@@ -19,10 +27,11 @@ import sys
 import torch
 from omegaconf import OmegaConf
 
-from fairseq_plugins.checkpoints import CheckpointLoadError, load_checkpoint_to_cpu
+from fairseq_plugins.checkpoints import CheckpointLoadError, load_open_checkpoint, open_checkpoint
 from scripts.atomic_io import atomic_open
 
 LOG = logging.getLogger("average_checkpoints")
+LISTING_ATTEMPTS = 5
 EPOCH_CHECKPOINT = re.compile(r"^checkpoint(\d+)\.pt$")
 UPDATE_CHECKPOINT = re.compile(r"^checkpoint_\d+_(\d+)\.pt$")
 
@@ -45,11 +54,35 @@ def last_checkpoints(directory, count, pattern):
     return [os.path.join(directory, name) for _, name in numbered[:count]]
 
 
-def average_states(paths):
-    """The newest state (paths[0]) with its model parameters replaced by the mean over `paths`."""
+def open_all(stack, paths):
+    """Opens every checkpoint of `paths` (kept open by `stack`) before any is read."""
+    return [stack.enter_context(open_checkpoint(path)) for path in paths]
+
+
+def open_last_checkpoints(stack, directory, count, pattern):
+    """(paths, open files) of the last `count` checkpoints of `directory`, listed again when one of them
+    vanished before it could be opened (a training deleting old ones)."""
+    for _ in range(LISTING_ATTEMPTS):
+        paths = last_checkpoints(directory, count, pattern)
+        attempt = contextlib.ExitStack()
+        try:
+            handles = open_all(attempt, paths)
+        except FileNotFoundError as error:
+            attempt.close()
+            vanished = error.filename
+            continue
+        stack.enter_context(attempt)
+        return paths, handles
+    raise AveragingError(f"{vanished} vanished before it could be opened, {LISTING_ATTEMPTS} listings in a row: "
+                         f"is a training deleting the checkpoints of {directory} faster than they are listed?")
+
+
+def average_states(paths, handles):
+    """The newest state (paths[0]) with its model parameters replaced by the mean over `paths`, read
+    from `handles` (the same files, open)."""
     sums, newest, dtypes = collections.OrderedDict(), None, {}
-    for path in paths:
-        state = load_checkpoint_to_cpu(path)
+    for path, handle in zip(paths, handles):
+        state = load_open_checkpoint(handle, path)
         model = state["model"]
         if newest is None:
             newest = state
@@ -78,6 +111,20 @@ def average_states(paths):
     return newest
 
 
+def write_checkpoint(path, state):
+    """torch.save to `path` atomically; a failure is an AveragingError naming `path`, with no partial file."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with atomic_open(path, "wb") as handle:
+            torch.save(state, handle)
+    except (OSError, RuntimeError) as error:
+        # torch's zip writer reports a failed write as a RuntimeError raised while handling the OSError
+        cause = error if isinstance(error, OSError) else error.__context__
+        if not isinstance(cause, OSError):
+            raise
+        raise AveragingError(f"cannot write {path}: {cause.strerror or cause}") from None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -90,24 +137,26 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO)
     try:
-        count = args.num_epoch_checkpoints or args.num_update_checkpoints
-        if count is not None:
-            if len(args.inputs) != 1:
-                raise AveragingError("--num-*-checkpoints needs exactly one --inputs directory")
-            if count < 1:
-                raise AveragingError(f"--num-*-checkpoints must be at least 1, got {count}")
-            pattern = EPOCH_CHECKPOINT if args.num_epoch_checkpoints else UPDATE_CHECKPOINT
-            paths = last_checkpoints(args.inputs[0], count, pattern)
-        else:
-            paths = args.inputs
-            for path in paths:
-                if not os.path.isfile(path):
-                    raise AveragingError(f"--inputs {path}: no such checkpoint file")
-        LOG.info("averaging %d checkpoints: %s", len(paths), ", ".join(os.path.basename(p) for p in paths))
-        state = average_states(paths)
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with atomic_open(args.output, "wb") as handle:
-            torch.save(state, handle)
+        if os.path.isdir(args.output):
+            raise AveragingError(f"--output {args.output} is a directory; give the file to write")
+        with contextlib.ExitStack() as stack:
+            count = args.num_epoch_checkpoints if args.num_epoch_checkpoints is not None else args.num_update_checkpoints
+            if count is not None:
+                if len(args.inputs) != 1:
+                    raise AveragingError("--num-*-checkpoints needs exactly one --inputs directory")
+                if count < 1:
+                    raise AveragingError(f"--num-*-checkpoints must be at least 1, got {count}")
+                pattern = EPOCH_CHECKPOINT if args.num_epoch_checkpoints else UPDATE_CHECKPOINT
+                paths, handles = open_last_checkpoints(stack, args.inputs[0], count, pattern)
+            else:
+                paths = args.inputs
+                try:
+                    handles = open_all(stack, paths)
+                except FileNotFoundError as error:
+                    raise AveragingError(f"--inputs {error.filename}: no such checkpoint file") from None
+            LOG.info("averaging %d checkpoints: %s", len(paths), ", ".join(os.path.basename(p) for p in paths))
+            state = average_states(paths, handles)
+        write_checkpoint(args.output, state)
         LOG.info("wrote %s", args.output)
     except (AveragingError, CheckpointLoadError) as error:
         print(f"error: average_checkpoints.py: {error}", file=sys.stderr)

@@ -18,6 +18,7 @@ repeated as often, so one bootstrap resamples (seed, sentence) items. It uses ev
 translations, but it is not a test of seed-to-seed variance: that is what mean +- std shows.
 """
 import argparse
+import errno
 import itertools
 import json
 import math
@@ -43,13 +44,27 @@ class CompareError(Exception):
 
 
 def read_json(path, what):
+    """The JSON object in `path`; anything else (a list, a number, bad JSON, unreadable) is a CompareError."""
     try:
         with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+            value = json.load(handle)
     except FileNotFoundError:
         raise CompareError(f"missing {what}: {path}") from None
+    except OSError as error:
+        raise CompareError(f"cannot read {path}: {error.strerror or error}") from None
     except ValueError as error:
         raise CompareError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise CompareError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def check_scores(results, path):
+    """Each metric of a results.json is a number or null (a metric the run did not compute)."""
+    for metric in METRICS:
+        value = results.get(metric)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise CompareError(f"{path}: field '{metric}' must be a number or null, got {value!r}")
 
 
 def read_log(path):
@@ -76,8 +91,9 @@ def load_runs(run_dirs, subset):
     runs = []
     for run_dir in run_dirs:
         info = read_json(os.path.join(run_dir, "run.json"), "run.json (is this a scripts/train.sh run?)")
-        results = read_json(os.path.join(run_dir, "eval", f"{subset}.results.json"),
-                            "evaluation results (run scripts/evaluate.sh on it)")
+        results_path = os.path.join(run_dir, "eval", f"{subset}.results.json")
+        results = read_json(results_path, "evaluation results (run scripts/evaluate.sh on it)")
+        check_scores(results, results_path)
         arm_path = os.path.join(run_dir, "arm.json")
         arm = read_json(arm_path, "arm.json") if os.path.isfile(arm_path) else {}
         name = arm.get("arm") or info.get("loss")
@@ -252,6 +268,8 @@ def main(argv=None):
     parser.add_argument("--no-significance", action="store_true", help="skip the paired tests")
     args = parser.parse_args(argv)
     try:
+        if args.bootstrap_samples < 1:
+            raise CompareError(f"--bootstrap-samples must be a positive number of resamples, got {args.bootstrap_samples}")
         runs = load_runs(args.runs, args.subset)
         arms = arm_order(runs)
         if len(arms) < 2:
@@ -266,15 +284,28 @@ def main(argv=None):
     except CompareError as error:
         print(f"error: compare.py: {error}", file=sys.stderr)
         return 2
-    os.makedirs(args.out_dir, exist_ok=True)
     table_path = os.path.join(args.out_dir, "comparison.md")
-    write_text_atomically(table_path, table)
-    write_text_atomically(os.path.join(args.out_dir, "comparison.json"), json.dumps(
+    plot_path = os.path.join(args.out_dir, "comparison.png")
+    summary_json = json.dumps(
         {"recipe": args.recipe, "subset": args.subset, "arms": arms, "metrics": summary, "significance": tests,
          "runs": [{k: r[k] for k in ("dir", "arm", "loss", "seed", "settings", "results")} for r in runs]},
-        indent=2) + "\n")
-    plot_path = os.path.join(args.out_dir, "comparison.png")
-    plot(runs, arms, plot_path, args.recipe, args.paper_metric, METRICS)
+        indent=2) + "\n"
+    outputs = [(table_path, lambda path: write_text_atomically(path, table)),
+               (os.path.join(args.out_dir, "comparison.json"), lambda path: write_text_atomically(path, summary_json)),
+               (plot_path, lambda path: plot(runs, arms, path, args.recipe, args.paper_metric, METRICS))]
+    for path, write in outputs:
+        try:
+            if os.path.isdir(path):
+                raise IsADirectoryError(errno.EISDIR, "a directory is in the way")
+            os.makedirs(args.out_dir, exist_ok=True)
+            write(path)
+        except (OSError, RuntimeError) as error:
+            # a writer that fails inside a library (matplotlib, torch) raises while handling the OSError
+            cause = error if isinstance(error, OSError) else error.__context__
+            if not isinstance(cause, OSError):
+                raise
+            print(f"error: compare.py: cannot write {path}: {cause.strerror or cause}", file=sys.stderr)
+            return 2
     print(table)
     print(f"[compare] table: {table_path}\n[compare] plot:  {plot_path}")
     return 0

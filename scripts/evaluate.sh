@@ -16,14 +16,17 @@ RUN_DIR is a directory made by scripts/train.sh (its run.json names the recipe a
 Beam, length penalty and batch size come from the recipe (EVAL_BEAM, EVAL_LENPEN, EVAL_BATCH_SIZE).
 Uses a GPU (fp16) when one is visible, else the CPU.
 
-Writes, each under a temporary name renamed when complete (a failed or killed run leaves none behind;
-the next run removes those of a killed one):
+Writes, each under a temporary name renamed when complete (a failed or interrupted run leaves none
+behind; the next run removes those of a killed one, and no other file):
   RUN_DIR/checkpoints/checkpoint_avg_lastN.pt  the averaged checkpoint (not with --checkpoint)
   RUN_DIR/eval/SUBSET.generate.txt             fairseq-generate's output (S-/T-/H-/D-/P- lines)
   RUN_DIR/eval/SUBSET.hyp.detok.TGT            the hypotheses, detokenised as sacreBLEU scored them
   RUN_DIR/eval/SUBSET.results.json             the scores and settings (scripts/score_translations.py)
 and prints the scores: tokenised BLEU (fairseq's scorer: the paper's IWSLT metric), detokenised
 sacreBLEU with its signature, and compound-split BLEU for recipes with EVAL_COMPOUND_SPLIT=1.
+One evaluation of a run directory at a time: a second is refused in one line naming the host and PID
+of the first (the lock is RUN_DIR/.evaluate.lock, released by the kernel when that run ends). Ctrl-C
+stops it without a traceback, leaving the outputs of the last complete run.
 
 Environment: PYTHON (interpreter), CONFIG_DIR (recipes, default configs/), VISIBLE_GPUS (replaces
 torch's GPU count).
@@ -63,23 +66,47 @@ fi
 visible=$(visible_gpus)
 
 eval_dir="$run_dir/eval"
+# One evaluation per run directory at a time: two would write the same outputs and temporaries.
+hold_lock "$run_dir/.evaluate.lock" "$run_dir (an evaluation)"
 mkdir -p "$eval_dir"
-# Temporary files of a killed evaluation (.NAME.PID.partial of a PID that is gone; *.tmp from older
-# versions) are removed; those of this one are removed on any exit before they are renamed.
-for leftover in "$eval_dir"/.*.partial "$eval_dir"/*.tmp; do
-  [[ -e "$leftover" ]] || continue
-  pid=${leftover%.partial}; pid=${pid##*.}
-  if [[ "$leftover" == *.tmp || ! "$pid" =~ ^[0-9]+$ ]] || ! kill -0 "$pid" 2>/dev/null; then rm -f -- "$leftover"; fi
-done
+# remove_temporaries [PID]: the temporary files this tool's steps write (.NAME.PID.partial beside
+# each output it makes), of any PID, or of PID only. While this evaluation holds the lock no other
+# one is writing them, so those of another PID are a killed evaluation's; nothing else is touched.
+remove_temporaries() {
+  local leftover pid
+  for leftover in "$eval_dir"/.*.partial "$run_dir/checkpoints"/.checkpoint_avg_last*.partial; do
+    [[ -f "$leftover" && "${leftover##*/}" =~ ^\.((test|valid)\.(generate\.txt|results\.json|hyp\.detok\."$TGT_LANG")|checkpoint_avg_last[0-9]+\.pt)\.([0-9]+)\.partial$ ]] || continue
+    pid=${BASH_REMATCH[4]}
+    if [[ -z "${1:-}" || "$pid" == "$1" ]]; then rm -f -- "$leftover"; fi
+  done
+}
+remove_temporaries
 generate_output="$eval_dir/$subset.generate.txt"
 generate_partial="$eval_dir/.$subset.generate.txt.$$.partial"
 trap 'rm -f -- "$generate_partial"' EXIT
+
+# Each step runs in the background, where bash starts it with SIGINT ignored, so Ctrl-C does not
+# make Python print a KeyboardInterrupt traceback; the shell stops the step (SIGTERM), removes its
+# temporaries and exits 130.
+step_pid=""
+run_step() { "$@" & step_pid=$!; wait "$step_pid"; }
+on_interrupt() {
+  trap - INT TERM
+  if [[ -n "$step_pid" ]]; then
+    kill -TERM "$step_pid" 2> /dev/null || true
+    wait "$step_pid" 2> /dev/null || true
+    remove_temporaries "$step_pid"
+  fi
+  echo "[evaluate] interrupted; no output was left half-written" >&2
+  exit 130
+}
+trap on_interrupt INT TERM
 
 if [[ -z "$checkpoint" ]]; then
   average_last=${average_last:-$EVAL_AVERAGE_LAST}
   checkpoint="$run_dir/checkpoints/checkpoint_avg_last$average_last.pt"
   echo "[evaluate] averaging the last $average_last epoch checkpoints of $run_dir" >&2
-  "$PYTHON" -m scripts.average_checkpoints --inputs "$run_dir/checkpoints" \
+  run_step "$PYTHON" -m scripts.average_checkpoints --inputs "$run_dir/checkpoints" \
     --num-epoch-checkpoints "$average_last" --output "$checkpoint"
   checkpoint_label="average of the last $average_last epoch checkpoints"
 fi
@@ -89,7 +116,7 @@ fi
 hardware_args=(--cpu)
 (( visible > 0 )) && hardware_args=(--fp16)
 echo "[evaluate] fairseq-generate on $subset: beam $EVAL_BEAM, lenpen $EVAL_LENPEN, $checkpoint_label" >&2
-"$PYTHON" -m fairseq_cli.generate "$data_dir/bin" --user-dir "$USER_DIR" \
+run_step "$PYTHON" -m fairseq_cli.generate "$data_dir/bin" --user-dir "$USER_DIR" \
   --source-lang "$SRC_LANG" --target-lang "$TGT_LANG" --gen-subset "$subset" \
   --path "$checkpoint" --beam "$EVAL_BEAM" --lenpen "$EVAL_LENPEN" --batch-size "$EVAL_BATCH_SIZE" \
   --required-batch-size-multiple 1 --post-process sentencepiece "${hardware_args[@]}" "${extra[@]}" > "$generate_partial"
@@ -98,7 +125,7 @@ mv -- "$generate_partial" "$generate_output"
 compound_args=()
 [[ "${EVAL_COMPOUND_SPLIT:-0}" == 1 ]] && compound_args=(--compound-split)
 results="$eval_dir/$subset.results.json"
-"$PYTHON" -m scripts.score_translations --generate-output "$generate_output" \
+run_step "$PYTHON" -m scripts.score_translations --generate-output "$generate_output" \
   --data-dir "$data_dir" --subset "$subset" --tgt-lang "$TGT_LANG" "${compound_args[@]}" \
   --output "$results" --hypotheses-output "$eval_dir/$subset.hyp.detok.$TGT_LANG" --print-summary \
   --extra recipe="$RECIPE" loss="$run_loss" seed="$run_seed" subset="$subset" run_dir="$run_dir" \

@@ -60,3 +60,22 @@ splittable_worker_counts() {
   done
   echo "${counts[*]:-none}"
 }
+
+# hold_lock FILE WHAT: an exclusive flock(2) on FILE for the rest of this shell and of every process it
+# starts (they inherit the descriptor: fairseq-train holds it as long as it runs, even if this shell
+# is killed), or a one-line refusal naming the holder's host and PID, which the holder writes into
+# FILE. The kernel releases the lock when the last holder exits, however it ends, so a lock is never
+# stale and nothing decides staleness from a PID (a PID means nothing across PID namespaces or hosts;
+# on NFS, Linux maps flock to the server's byte-range locks, which hold across hosts).
+hold_lock() {
+  local file=$1 what=$2 holder
+  command -v flock > /dev/null || die "flock (util-linux) is needed to keep two runs out of $what"
+  { exec {LOCK_FD}<> "$file"; } 2> /dev/null || die "cannot open the lock file $file (is the directory writable?)"
+  if ! flock --nonblock "$LOCK_FD"; then
+    IFS= read -r holder < "$file" || true
+    die "$what is in use by another run (${holder:-which has not recorded its host and PID yet}); wait for it to end, or use another directory"
+  fi
+  # A holder that deleted the file after we opened it leaves us locking a file nobody else will open.
+  [[ "$file" -ef "/dev/fd/$LOCK_FD" ]] || die "$file was removed while this run started; start it again"
+  printf 'host %s, PID %s\n' "$(hostname)" "$$" > "$file"
+}

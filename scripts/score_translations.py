@@ -14,6 +14,7 @@ Reported, each labelled, all computed with sacreBLEU from the H- and T- lines:
                        (Moses-tokenised first when the corpus was not).
 """
 import argparse
+import errno
 import json
 import os
 import re
@@ -84,10 +85,24 @@ def detokenise(lines, postprocess, lang):
     return lines
 
 
+def read_postprocess(path):
+    """The reference post-processing steps that data_prep recorded in prepare.json."""
+    with open(path, encoding="utf-8") as handle:
+        try:
+            record = json.load(handle)
+        except ValueError as error:
+            raise ScoringError(f"{path}: not valid JSON ({error})") from None
+    references = record.get("references", {}) if isinstance(record, dict) else None
+    postprocess = references.get("postprocess", []) if isinstance(references, dict) else None
+    if not isinstance(postprocess, list) or not all(isinstance(step, str) for step in postprocess):
+        raise ScoringError(f"{path}: expected an object whose references.postprocess is a list of names "
+                           "(it is written by data_prep; prepare the corpus again)")
+    return postprocess
+
+
 def score(generate_output, data_dir, subset, tgt_lang, compound_split=False):
     hypotheses, tokenised_refs = read_generate_output(generate_output)
-    with open(os.path.join(data_dir, "prepare.json"), encoding="utf-8") as handle:
-        postprocess = json.load(handle).get("references", {}).get("postprocess", [])
+    postprocess = read_postprocess(os.path.join(data_dir, "prepare.json"))
     raw_path = os.path.join(data_dir, "raw", f"{subset}.{tgt_lang}")
     if not os.path.isfile(raw_path):
         raise ScoringError(f"missing untokenised references {raw_path} (made by data_prep)")
@@ -142,9 +157,18 @@ def main(argv=None):
     for pair in args.extra:
         key, _, value = pair.partition("=")
         results[key] = value
-    if args.hypotheses_output:
-        write_text_atomically(args.hypotheses_output, "".join(line + "\n" for line in detokenised))
-    write_text_atomically(args.output, json.dumps(results, indent=2) + "\n")
+    outputs = [(args.hypotheses_output, "".join(line + "\n" for line in detokenised)),
+               (args.output, json.dumps(results, indent=2) + "\n")]
+    for path, text in outputs:
+        if path is None:
+            continue
+        try:
+            if os.path.isdir(path):
+                raise IsADirectoryError(errno.EISDIR, "a directory is in the way")
+            write_text_atomically(path, text)
+        except OSError as error:
+            print(f"error: score_translations: cannot write {path}: {error.strerror or error}", file=sys.stderr)
+            return 2
     if args.print_summary:
         print_summary(results, args.output)
     return 0

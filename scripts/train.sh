@@ -31,7 +31,10 @@ hardware; the per-GPU batch is at most MAX_TOKENS and at least MIN_MAX_TOKENS (l
 only when that keeps the product exact). A worker count that cannot split it is refused, naming the
 counts that can.
 The run directory gets command.sh (the exact command), run.json (settings), train.log (JSON log
-lines) and tensorboard/. Re-running the same command resumes from checkpoints/checkpoint_last.pt.
+lines and errors; errors also go to stderr) and tensorboard/. Re-running the same command resumes
+from checkpoints/checkpoint_last.pt. One training per run directory: a second is refused in one line
+naming the host and PID of the first (the lock, RUN_DIR/.train.lock, is released by the kernel when
+that run ends, however it ends). A run that fails before its first checkpoint removes what it wrote.
 
 Environment: RUNS_DIR (default runs), PYTHON (interpreter), FP16 (auto|0|1, default auto: on with GPUs),
 NUM_GPUS (GPUs to train on, default all that torch sees; more than it sees is refused),
@@ -118,6 +121,9 @@ absolute() { if [[ -d "$1" ]]; then (cd "$1" && pwd); elif [[ "$1" == /* ]]; the
 data_dir=$(absolute "$data_dir")
 if [[ $baseline == 1 ]]; then loss=baseline; loss_args=("${BASELINE_ARGS[@]}"); else loss=encouraging; loss_args=("${ENCOURAGING_ARGS[@]}"); fi
 run_dir=$(absolute "${run_dir:-${RUNS_DIR:-runs}/$RECIPE/$loss/seed$seed}")
+# run.json records both paths for scripts/evaluate.sh, which reads one value a line.
+[[ "$data_dir" != *$'\n'* ]] || die "--data-dir $(printf %q "$data_dir") contains a newline, which run.json cannot record; rename the directory"
+[[ "$run_dir" != *$'\n'* ]] || die "--run-dir $(printf %q "$run_dir") contains a newline, which scripts/evaluate.sh cannot take; choose another"
 
 if [[ $gpus == 0 ]]; then
   hardware_args+=(--cpu)
@@ -142,7 +148,16 @@ command=(
 )
 if [[ $dry_run == 1 ]]; then printf '%q ' "${command[@]}"; echo; exit 0; fi
 
+existed=0; [[ -d "$run_dir" ]] && existed=1
 mkdir -p "$run_dir"
+# One training per run directory: a second one would share fairseq's checkpointN.pt.tmp and
+# checkpoint_last.pt.partial and mix two runs' checkpoints. Only the first torchrun worker takes the
+# lock (every worker of the run starts this script).
+if [[ "${RANK:-0}" == 0 ]]; then
+  hold_lock "$run_dir/.train.lock" "$run_dir (a training run)"
+fi
+had_checkpoints=0
+compgen -G "$run_dir/checkpoints/*.pt" > /dev/null && had_checkpoints=1
 # Only the first worker records the run (every torchrun worker runs this script).
 if [[ "${RANK:-0}" == 0 ]]; then
   { echo "#!/usr/bin/env bash"; echo "# $(date -u +%FT%TZ) on $(hostname): recipe $RECIPE, $loss, seed $seed"
@@ -157,4 +172,17 @@ if [[ "${RANK:-0}" == 0 ]]; then
   note "$RECIPE ($RECIPE_DESCRIPTION): $loss, seed $seed, $workers worker(s) x max-tokens $gpu_max_tokens x update-freq $update_freq = $tokens_per_update tokens per update -> $run_dir"
 fi
 
-"${command[@]}" 2>&1 | tee -a "$run_dir/train.log"
+# fairseq's log lines (stdout) and its errors (stderr) both go to train.log, each to where it came from.
+set +e
+{ "${command[@]}" 2>&1 1>&3 3>&- | tee -a "$run_dir/train.log" >&2; } 3>&1 | tee -a "$run_dir/train.log"
+status=$?
+set -e
+if (( status != 0 )) && [[ $had_checkpoints == 0 && "${RANK:-0}" == 0 ]] \
+    && ! compgen -G "$run_dir/checkpoints/*.pt" > /dev/null; then
+  # A run that failed before its first checkpoint leaves nothing behind: its error is on stderr, and
+  # its run.json would make the directory look like a run to evaluate.
+  rm -rf -- "$run_dir/command.sh" "$run_dir/run.json" "$run_dir/train.log" "$run_dir/tensorboard" "$run_dir/checkpoints"
+  if [[ $existed == 0 ]]; then rm -f -- "$run_dir/.train.lock"; rmdir -- "$run_dir" 2> /dev/null || true; fi
+  note "training failed before its first checkpoint; removed what it had written to $run_dir"
+fi
+exit "$status"

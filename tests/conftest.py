@@ -14,7 +14,7 @@ settings.register_profile("mutate", max_examples=40, derandomize=True, deadline=
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 settings.load_profile("ci")
 
-from helpers import REPO, run_tool, write_toy_parallel
+from helpers import REPO, TINY_TRANSFORMER, USER_DIR, run_tool, write_toy_parallel
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +27,17 @@ def toy_data_bin(tmp_path_factory):
              "--trainpref", raw / "train", "--validpref", raw / "valid", "--testpref", raw / "test",
              "--destdir", dest, "--joined-dictionary", "--workers", "1")
     return dest
+
+
+@pytest.fixture(scope="session")
+def genuine(toy_data_bin, tmp_path_factory):
+    """A checkpoint written by fairseq-train (one update of a tiny Transformer)."""
+    save_dir = tmp_path_factory.mktemp("genuine")
+    run_tool("fairseq-train", toy_data_bin, "--user-dir", USER_DIR, "--task", "translation_encouraging",
+             *TINY_TRANSFORMER, "--criterion", "encouraging_ls", "--label-smoothing", "0.1", "--optimizer", "adam",
+             "--lr", "1e-3", "--max-tokens", "500", "--max-update", "1", "--cpu", "--save-dir", save_dir,
+             "--no-epoch-checkpoints", "--disable-validation")
+    return save_dir / "checkpoint_last.pt"
 
 
 @pytest.fixture(scope="session", autouse=True)

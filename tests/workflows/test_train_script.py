@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -200,22 +201,30 @@ def test_evaluate_names_a_damaged_run_json_in_one_line(tmp_path, content, compla
     assert not (run / "eval").exists()
 
 
-def test_evaluate_leaves_no_temporary_files_after_a_failure(tmp_path, toy_data_bin):
-    """fairseq-generate fails (a checkpoint that is not one): no temporary file stays behind, and those
-    of an earlier killed evaluation (a PID that is gone, or an older *.tmp) are removed."""
+def test_evaluate_leaves_no_temporary_files_after_a_failure_and_removes_only_its_own(tmp_path, toy_data_bin):
+    """fairseq-generate fails (a checkpoint that is not one): no temporary file stays behind; those an
+    earlier killed evaluation left (its own names, any PID: one of a zombie too, which `kill -0` counts
+    as alive) are removed, and the user's files are not, even when they look like temporaries."""
     run = evaluation_run(tmp_path, toy_data_bin.parent)
     eval_dir = run / "eval"
     eval_dir.mkdir()
-    stale = [eval_dir / "test.generate.txt.tmp", eval_dir / ".test.results.json.999999999.partial"]
-    for path in stale:
+    zombie = subprocess.Popen(["true"])  # exits at once; not waited for until the end, so a zombie
+    time.sleep(0.2)
+    stale = [eval_dir / ".test.results.json.999999999.partial", eval_dir / ".valid.generate.txt.12.partial",
+             eval_dir / f".test.hyp.detok.tgt.{zombie.pid}.partial",
+             run / "checkpoints" / ".checkpoint_avg_last5.pt.77.partial"]
+    users = ["notes.tmp", "test.generate.txt.tmp", ".draft.abc.partial", ".test.results.json.mine.partial"]
+    for path in stale + [eval_dir / name for name in users]:
         path.write_text("half")
     (eval_dir / "test.generate.txt").write_text("an earlier complete output\n")
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
     proc = run_script("evaluate.sh", run, "--checkpoint", broken)
     assert proc.returncode != 0
-    assert sorted(p.name for p in eval_dir.iterdir()) == ["test.generate.txt"], proc.stderr[-2000:]
+    assert sorted(p.name for p in eval_dir.iterdir()) == sorted(["test.generate.txt", *users]), proc.stderr[-2000:]
     assert (eval_dir / "test.generate.txt").read_text() == "an earlier complete output\n"
+    assert not [path.name for path in stale if path.exists()]
+    zombie.wait()
 
 
 def test_evaluate_refuses_a_run_whose_corpus_is_gone(tmp_path):
