@@ -69,14 +69,17 @@ eval_dir="$run_dir/eval"
 # One evaluation per run directory at a time: two would write the same outputs and temporaries.
 hold_lock "$run_dir/.evaluate.lock" "$run_dir (an evaluation)"
 mkdir -p "$eval_dir"
-# remove_temporaries [PID]: the temporary files this tool's steps write (.NAME.PID.partial beside
-# each output it makes), of any PID, or of PID only. While this evaluation holds the lock no other
-# one is writing them, so those of another PID are a killed evaluation's; nothing else is touched.
+# remove_temporaries [PID]: the temporary files this tool's steps write beside each output it makes
+# (.NAME.PID.partial from this script, .NAME.HOST.RANDOM.PID.partial from scripts/atomic_io.py, this
+# host only), of any PID, or of PID only. While this evaluation holds the lock no other one is writing
+# them, so those of another PID are a killed evaluation's; nothing else is touched.
+this_host=$(hostname)
 remove_temporaries() {
   local leftover pid
   for leftover in "$eval_dir"/.*.partial "$run_dir/checkpoints"/.checkpoint_avg_last*.partial; do
-    [[ -f "$leftover" && "${leftover##*/}" =~ ^\.((test|valid)\.(generate\.txt|results\.json|hyp\.detok\."$TGT_LANG")|checkpoint_avg_last[0-9]+\.pt)\.([0-9]+)\.partial$ ]] || continue
-    pid=${BASH_REMATCH[4]}
+    [[ -f "$leftover" && "${leftover##*/}" =~ ^\.((test|valid)\.(generate\.txt|results\.json|hyp\.detok\."$TGT_LANG")|checkpoint_avg_last[0-9]+\.pt)\.([^/]+\.[0-9a-f]{8}\.)?([0-9]+)\.partial$ ]] || continue
+    [[ -z "${BASH_REMATCH[4]}" || "${BASH_REMATCH[4]}" == "$this_host".????????. ]] || continue
+    pid=${BASH_REMATCH[5]}
     if [[ -z "${1:-}" || "$pid" == "$1" ]]; then rm -f -- "$leftover"; fi
   done
 }

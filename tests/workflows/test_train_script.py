@@ -4,6 +4,7 @@ behind). VISIBLE_GPUS fakes the GPU count that torch would report."""
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -212,8 +213,11 @@ def test_evaluate_leaves_no_temporary_files_after_a_failure_and_removes_only_its
     time.sleep(0.2)
     stale = [eval_dir / ".test.results.json.999999999.partial", eval_dir / ".valid.generate.txt.12.partial",
              eval_dir / f".test.hyp.detok.tgt.{zombie.pid}.partial",
-             run / "checkpoints" / ".checkpoint_avg_last5.pt.77.partial"]
-    users = ["notes.tmp", "test.generate.txt.tmp", ".draft.abc.partial", ".test.results.json.mine.partial"]
+             run / "checkpoints" / ".checkpoint_avg_last5.pt.77.partial",
+             # scripts/atomic_io.py's names on this host (.NAME.HOST.RANDOM.PID.partial)
+             eval_dir / f".test.results.json.{socket.gethostname()}.0badcafe.999999998.partial"]
+    users = ["notes.tmp", "test.generate.txt.tmp", ".draft.abc.partial", ".test.results.json.mine.partial",
+             ".test.results.json.another-host.0badcafe.12.partial"]
     for path in stale + [eval_dir / name for name in users]:
         path.write_text("half")
     (eval_dir / "test.generate.txt").write_text("an earlier complete output\n")
