@@ -13,6 +13,10 @@ def repo_env(extra_paths: Iterable[os.PathLike] = (), **overrides: str) -> Dict[
     """This process's environment plus ``overrides``, with the repository (then ``extra_paths``)
     first on PYTHONPATH, so that a child Python imports this checkout's packages whatever its cwd."""
     env = dict(os.environ, **overrides)
+    if env.get("MUTANT_UNDER_TEST") == "stats":
+        # mutmut (make mutate) maps tests to code in its own process; a child cannot report there.
+        # Under a mutant the variable stays, so that a child runs the mutant too.
+        del env["MUTANT_UNDER_TEST"]
     paths = [str(REPO), *map(str, extra_paths), env.get("PYTHONPATH")]
     env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     return env
