@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV)/bin/python,$(VENV)/bin/python)
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast test-deep mutate demo clean help
+.PHONY: install test test-fast test-deep mutate mutate-sample demo clean help
 
 help:
 	@echo "make install   create $(VENV) (unless a venv is active) and install torch, fairseq-fixed and the rest"
@@ -12,6 +12,7 @@ help:
 	@echo "make demo      install, then the embedded demo (synthetic corpus, baseline vs encouraging loss)"
 	@echo "make test-deep install, then the property tests with a far larger search (minutes)"
 	@echo "make mutate    install mutmut, then mutation-test encouraging_loss/ and fairseq_plugins/ (hours)"
+	@echo "make mutate-sample  the same on a random sample of each package, with survival rates (MUTATE_SAMPLE=80)"
 
 install:
 	@VENV=$(VENV) bash scripts/install.sh
@@ -34,6 +35,11 @@ mutate: install
 	rm -rf mutants
 	OMP_NUM_THREADS=1 $(dir $(PY))mutmut run --max-children 1 $(MUTATE_ARGS)
 	$(dir $(PY))mutmut results
+
+MUTATE_SAMPLE ?= 80
+mutate-sample: install
+	$(PY) -m pip install -q "mutmut>=3.8,<4"
+	$(PY) tests/mutation_sample.py --per-package $(MUTATE_SAMPLE)
 
 demo: install
 	PYTHON=$(PY) bash scripts/demo.sh
