@@ -61,8 +61,8 @@ def projected_sweep(hidden, weight, bias, index, options, sums: RowSums, row_gra
     rows, width = hidden.shape
     vocab = weight.size(0)
     device, dtype = hidden.device, hidden.dtype
-    step = min(rows, block_rows(vocab, block_elements))
-    logits = torch.empty((max(step, 1), vocab), dtype=dtype, device=device)
+    step = max(1, min(rows, block_rows(vocab, block_elements)))  # an empty batch makes no block
+    logits = torch.empty((step, vocab), dtype=dtype, device=device)
     if backend == "auto":
         backend = choose_backend(logits, options)
     weight_t = weight.t()

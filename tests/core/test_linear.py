@@ -178,6 +178,13 @@ def test_every_token_ignored_gives_zeros(reduction):
     assert out.stats["tokens"] == 0
 
 
+def test_an_empty_batch_gives_zeros():
+    hidden, weight, bias, _ = make_projection(rows=3)
+    out, grads = fused_projection(hidden[:0], weight, bias, torch.zeros(0, dtype=torch.long),
+                                  OPTION_SETS["paper"], "sum")
+    assert out.loss == 0 and torch.equal(grads[1], torch.zeros_like(weight)) and grads[0].shape == (0, 12)
+
+
 def test_gradients_accumulate_over_calls_and_replay_on_a_retained_graph():
     """Two batches through the same parameters add into .grad; a retained graph can be backpropagated
     again with other upstream gradients (the stored gradients are not scaled in place)."""
