@@ -91,6 +91,11 @@ class EncouragingLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCri
     def bonus_weight(self) -> float:
         return self.options.bonus_rho * self.bonus_scale
 
+    @property
+    def step_options(self) -> EncouragingLossOptions:
+        """The options at rho x the current bonus scale."""
+        return self.options if self.bonus_scale == 1.0 else self.options.with_rho(self.bonus_weight)
+
     def forward(self, model, sample, reduce=True):
         with_stats = self.with_stats or self.report_accuracy
         if self.fuse_projection:
@@ -167,8 +172,7 @@ class EncouragingLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCri
         ``overwrite_logits``: the fused path may keep the gradient in the logits' memory (raw
         logits only: log_softmax saved its output for backward)."""
         logits, target = self.logits_and_target(model, net_output, sample)
-        options = self.options if self.bonus_scale == 1.0 else self.options.with_rho(self.bonus_weight)
-        return encouraging_loss(logits, target, options, ignore_index=self.padding_idx,
+        return encouraging_loss(logits, target, self.step_options, ignore_index=self.padding_idx,
                                 reduction="sum" if reduce else "none", impl=self.impl, with_stats=with_stats,
                                 overwrite_logits=overwrite_logits and self._are_raw_logits(model))
 
@@ -196,8 +200,7 @@ class EncouragingLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCri
         """The encouraging loss of ``projection`` applied to the decoder's ``features`` (its output
         with ``features_only=True``), the logits formed a block of tokens at a time inside the loss."""
         hidden, target = self._without_prefix(features[0], model.get_targets(sample, features))
-        options = self.options if self.bonus_scale == 1.0 else self.options.with_rho(self.bonus_weight)
-        return linear_encouraging_loss(hidden, projection.weight, target, options, bias=projection.bias,
+        return linear_encouraging_loss(hidden, projection.weight, target, self.step_options, bias=projection.bias,
                                        ignore_index=self.padding_idx, reduction="sum" if reduce else "none",
                                        with_stats=with_stats)
 
