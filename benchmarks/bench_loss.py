@@ -2,12 +2,18 @@
 """Time and peak memory of the loss alone, forward + backward: fairseq's label-smoothed CE vs the
 encouraging loss written the straightforward way (reference) vs the fused streaming version, the
 latter also as the criterion calls it (fused-overwrite: the gradient stored over the logits).
+With --projection the inputs are hidden states and an output projection instead (tokens x hidden,
+vocab x hidden) and the step includes the projection: projection + LS-CE (the baseline),
+projection + the fused loss (gradient over the logits, as the criterion without
+--el-fuse-projection), torch's chunked linear_cross_entropy (no label smoothing: with it torch forms
+the full logits), and linear_encouraging_loss (the projection fused, the logits never whole).
 
 Times: per size, one subprocess runs the implementations interleaved (one warm-up each, then
 --repeats rounds, each round timing every implementation once, in rotating order); the table
 gives each one's median time and the median over rounds of its time / LS-CE's time in the same
 round, which stays meaningful on a shared, noisy machine where absolute times do not.
-Peak memory: each (implementation, size) in a fresh subprocess, one forward + backward; on CPU
+Peak memory: each (implementation, size) in a fresh subprocess, one forward + backward (with
+--projection after one on 8 tokens, so that lazy imports and first-call set-up do not count); on CPU
 the process's peak resident set (VmHWM, reset through /proc/self/clear_refs once the inputs
 exist) minus the resident set at that moment, i.e. what the loss added on top of logits and
 targets; on CUDA torch.cuda.max_memory_allocated over the same baseline.
@@ -21,6 +27,7 @@ clock starts (and before the memory baseline), as a decoder's output layer hands
     python -m benchmarks.bench_loss --quick              # 4096 x 32000, CPU, float32
     python -m benchmarks.bench_loss                      # tokens {4096,16384} x vocab {8k,32k,64k}
     python -m benchmarks.bench_loss --devices cuda --dtypes bfloat16 --tokens 16384 --vocab 32000
+    python -m benchmarks.bench_loss --projection --tokens 4096 --vocab 64000 --hidden 512
 """
 from __future__ import annotations
 
@@ -38,8 +45,15 @@ from benchmarks.common import repo_env, split_list
 from scripts.atomic_io import write_text_atomically
 
 IMPLS = ("lsce", "reference", "fused", "fused-overwrite")
+PROJECTION_IMPLS = ("proj-lsce", "proj-fused", "torch-chunked", "fused-projection")
+BASELINES = {"lsce": IMPLS, "proj-lsce": PROJECTION_IMPLS}
 IMPL_TITLES = {"lsce": "fairseq LS-CE", "reference": "EL reference", "fused": "EL fused",
-               "fused-overwrite": "EL fused, gradient over the logits"}
+               "fused-overwrite": "EL fused, gradient over the logits",
+               "proj-lsce": "projection + fairseq LS-CE", "proj-fused": "projection + EL fused",
+               "torch-chunked": "torch linear_cross_entropy, chunked (CE, no smoothing)",
+               "fused-projection": "EL, projection fused (linear_encouraging_loss)"}
+# the impls that form the full tokens x vocabulary logits
+MATERIALISING = ("lsce", "reference", "fused", "fused-overwrite", "proj-lsce", "proj-fused")
 PAD = 1  # fairseq's padding index
 
 
@@ -48,7 +62,16 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", default="4096,16384", help="comma-separated row counts (default: %(default)s)")
     parser.add_argument("--vocab", default="8000,32000,64000", help="comma-separated vocabulary sizes (default: %(default)s)")
-    parser.add_argument("--impls", default=",".join(IMPLS), help="subset of %s (default: all)" % ",".join(IMPLS))
+    parser.add_argument("--impls", default=None, help="subset of %s, or with --projection of %s (default: all)"
+                        % (",".join(IMPLS), ",".join(PROJECTION_IMPLS)))
+    parser.add_argument("--projection", action="store_true",
+                        help="hidden states and an output projection as inputs; the step includes the projection")
+    parser.add_argument("--hidden", default="512,1024", help="--projection: comma-separated widths (default: %(default)s)")
+    parser.add_argument("--block-elements", type=int, default=None,
+                        help="fused projection: logits per block (default: the library's)")
+    parser.add_argument("--max-logits-elements", type=float, default=1.1e9,
+                        help="skip the impls that form the full logits above this many (default: %(default).2g, "
+                             "4096 x 256000; they hold about three float32 copies)")
     parser.add_argument("--devices", default=None, help="cpu and/or cuda (default: cpu, plus cuda when present)")
     parser.add_argument("--dtypes", default="float32", help="logits dtypes: float32,bfloat16,float16 (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per case; the median is reported (default: %(default)s)")
@@ -79,38 +102,41 @@ def main(argv=None):
         return 0
     import torch
 
-    impls = split_list(args.impls)
-    unknown = sorted(set(impls) - set(IMPLS))
+    known = PROJECTION_IMPLS if args.projection else IMPLS
+    impls = split_list(args.impls) if args.impls else list(known)
+    unknown = sorted(set(impls) - set(known))
     if unknown:
-        raise SystemExit(f"--impls: unknown {', '.join(unknown)}; choose from {', '.join(IMPLS)}")
+        raise SystemExit(f"--impls: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
     devices = split_list(args.devices) if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if "cuda" in devices and not torch.cuda.is_available():
         raise SystemExit("--devices cuda: no CUDA device is visible to torch")
     sizes = [(4096, 32000)] if args.quick else [(int(n), int(v)) for n in split_list(args.tokens) for v in split_list(args.vocab)]
+    widths = [int(h) for h in split_list(args.hidden)] if args.projection else [None]
 
     print(describe_environment(args, devices), flush=True)
     rows = []
-    groups = [(device, dtype, n, v) for device in devices for dtype in split_list(args.dtypes) for n, v in sizes]
-    for number, (device, dtype, tokens, vocab) in enumerate(groups, 1):
-        size = dict(tokens=tokens, vocab=vocab, device=device, dtype=dtype)
-        runnable = [impl for impl in impls
-                    if impl != "reference" or tokens * vocab <= args.reference_max_elements]
-        print(f"[{number}/{len(groups)}] {tokens}x{vocab} {device} {dtype}: timing {','.join(runnable)} ...",
-              end=" ", file=sys.stderr, flush=True)
+    groups = [(device, dtype, n, v, h) for device in devices for dtype in split_list(args.dtypes) for n, v in sizes
+              for h in widths]
+    for number, (device, dtype, tokens, vocab, hidden) in enumerate(groups, 1):
+        size = dict(tokens=tokens, vocab=vocab, device=device, dtype=dtype, hidden=hidden)
+        runnable = [impl for impl in impls if skip_reason(impl, tokens * vocab, args) is None]
+        print(f"[{number}/{len(groups)}] {tokens}x{vocab}{'' if hidden is None else f'x{hidden}'} {device} {dtype}: "
+              f"timing {','.join(runnable)} ...", end=" ", file=sys.stderr, flush=True)
         timing = run_in_subprocess(dict(size, mode="time", impls=runnable), args)
         print("memory ...", end=" ", file=sys.stderr, flush=True)
         for impl in impls:
             row = dict(size, impl=impl)
             if impl not in runnable:
-                row["error"] = "skipped (--reference-max-elements)"
+                row["error"] = skip_reason(impl, tokens * vocab, args)
             elif "error" in timing:
                 row["error"] = timing["error"]
             else:
                 row.update(median_s=statistics.median(timing["times"][impl]), times_s=timing["times"][impl],
                            floor_s=timing.get("floor_s"))
-                if "lsce" in timing["times"]:
+                baseline = baseline_of(impl)
+                if baseline in timing["times"]:
                     row["time_ratio"] = statistics.median(
-                        t / base for t, base in zip(timing["times"][impl], timing["times"]["lsce"]))
+                        t / base for t, base in zip(timing["times"][impl], timing["times"][baseline]))
                 memory = run_in_subprocess(dict(size, mode="memory", impls=[impl]), args)
                 if "error" in memory:
                     row["error"] = memory["error"]
@@ -123,6 +149,23 @@ def main(argv=None):
     if args.output is not None:
         write_text_atomically(args.output, table + "\n\n```json\n" + json.dumps(rows, indent=1) + "\n```\n")
     return 0
+
+
+def baseline_of(impl):
+    return next(name for name, group in BASELINES.items() if impl in group)
+
+
+def skip_reason(impl, elements, args):
+    """Why ``impl`` does not run at this many logits (None: it runs)."""
+    if impl == "reference" and elements > args.reference_max_elements:
+        return "skipped (--reference-max-elements)"
+    if impl in MATERIALISING and elements > args.max_logits_elements:
+        return "skipped (--max-logits-elements)"
+    if impl == "torch-chunked":
+        import torch.nn.functional as F
+        if not hasattr(F, "linear_cross_entropy"):
+            return "not in this torch"
+    return None
 
 
 def describe_environment(args, devices):
@@ -156,6 +199,8 @@ def run_in_subprocess(case, args):
         forwarded += ["--threads", str(args.threads)]
     if args.chunk_elements:
         forwarded += ["--chunk-elements", str(args.chunk_elements)]
+    if args.block_elements:
+        forwarded += ["--block-elements", str(args.block_elements)]
     try:
         proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_loss", "--worker", json.dumps(case), *forwarded],
                               capture_output=True, text=True, env=repo_env(), timeout=args.timeout)
@@ -177,26 +222,39 @@ def run_case(case, args):
     dtype = getattr(torch, case["dtype"])
     tokens, vocab = case["tokens"], case["vocab"]
     generator = torch.Generator(device="cpu").manual_seed(0)
-    # Built in place, so that building them leaves no higher peak than holding them.
-    logits = torch.empty(tokens, vocab, dtype=dtype).normal_(0.0, args.logit_scale, generator=generator)
+    if case.get("hidden") is None:
+        # Built in place, so that building them leaves no higher peak than holding them.
+        inputs = (torch.empty(tokens, vocab, dtype=dtype).normal_(0.0, args.logit_scale, generator=generator),)
+        argmax = inputs[0].argmax(-1)
+    else:  # logits = hidden @ weight.T with about the same spread
+        width = case["hidden"]
+        hidden = torch.empty(tokens, width, dtype=dtype).normal_(generator=generator)
+        weight = torch.empty(vocab, width, dtype=dtype).normal_(0.0, args.logit_scale / width ** 0.5,
+                                                                generator=generator)
+        inputs = (hidden, weight)
+        # a few rows at a time: the full logits must not raise the process's resident set here
+        argmax = torch.cat([(rows @ weight.T).argmax(-1) for rows in hidden.split(max(1, 2**22 // vocab))])
     target = torch.randint(0, vocab, (tokens,), generator=generator)
     correct = torch.rand(tokens, generator=generator) < args.correct_fraction
-    target = torch.where(correct, logits.argmax(-1), target)
+    target = torch.where(correct, argmax, target)
     target[torch.rand(tokens, generator=generator) < args.pad_fraction] = PAD
-    logits, target = logits.to(device), target.to(device)
+    inputs, target = tuple(tensor.to(device) for tensor in inputs), target.to(device)
     steps = {impl: make_step(impl, target, args) for impl in case["impls"]}
     memory = PeakMemory(device)
     decoder_output = _decoder_output()
 
     def prepare(impl):
-        leaf = logits.detach().requires_grad_()
-        return decoder_output.apply(leaf) if impl == "fused-overwrite" else leaf
+        leaves = tuple(tensor.detach().requires_grad_() for tensor in inputs)
+        return (decoder_output.apply(*leaves),) if impl == "fused-overwrite" else leaves
 
     def run_once(impl, given):
-        (steps[impl](given) * args.loss_scale).backward()
+        (steps[impl](*given) * args.loss_scale).backward()
         memory.synchronize()
 
     if case["mode"] == "memory":
+        if len(inputs) == 2:  # lazy imports and first-call set-up (torch's chunked path) do not count
+            hidden, weight = prepare(case["impls"][0])
+            (make_step(case["impls"][0], target[:8], args)(hidden[:8], weight) * args.loss_scale).backward()
         given = prepare(case["impls"][0])
         memory.reset()
         run_once(case["impls"][0], given)
@@ -214,27 +272,46 @@ def run_case(case, args):
             del given
     result = dict(times=times)
     if device.type == "cuda":
-        result["floor_s"] = bandwidth_floor_seconds(logits, args.repeats)
+        result["floor_s"] = bandwidth_floor_seconds(inputs[0], args.repeats) if len(inputs) == 1 else None
     return result
 
 
 def make_step(impl, target, args):
     import torch
 
-    if impl == "lsce":
+    if impl in ("lsce", "proj-lsce"):
         from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
 
         def step(logits):
             lprobs = torch.log_softmax(logits.float(), dim=-1)
             loss, _ = label_smoothed_nll_loss(lprobs, target, args.label_smoothing, ignore_index=PAD, reduce=True)
             return loss
+        return step if impl == "lsce" else lambda hidden, weight: step(hidden @ weight.T)
+    if impl == "torch-chunked":
+        import torch.nn.functional as F
+
+        def step(hidden, weight):
+            return F.linear_cross_entropy(hidden, weight, target, ignore_index=PAD, reduction="sum",
+                                          options=torch.nn.LinearCrossEntropyOptions())
         return step
 
-    from encouraging_loss import EncouragingLossOptions, encouraging_loss
+    from encouraging_loss import EncouragingLossOptions, encouraging_loss, linear_encouraging_loss
     from encouraging_loss.ops.chunked import DEFAULT_CHUNK_ELEMENTS
+    from encouraging_loss.ops.linear import DEFAULT_BLOCK_ELEMENTS
 
     chunk_elements = args.chunk_elements or DEFAULT_CHUNK_ELEMENTS
     options = EncouragingLossOptions(label_smoothing=args.label_smoothing, log_end=args.log_end)
+    if impl == "fused-projection":
+        def step(hidden, weight):
+            return linear_encouraging_loss(hidden, weight, target, options, ignore_index=PAD, reduction="sum",
+                                           with_stats=True, chunk_elements=chunk_elements,
+                                           block_elements=args.block_elements or DEFAULT_BLOCK_ELEMENTS).loss
+        return step
+    if impl == "proj-fused":  # as the criterion runs it without --el-fuse-projection
+        def step(hidden, weight):
+            return encouraging_loss(hidden @ weight.T, target, options, ignore_index=PAD, reduction="sum",
+                                    with_stats=True, overwrite_logits=True, chunk_elements=chunk_elements).loss
+        return step
 
     overwrite = impl == "fused-overwrite"
 
@@ -323,17 +400,22 @@ def bandwidth_floor_seconds(logits, repeats):
 
 
 def format_table(rows):
-    baseline = {(r["device"], r["dtype"], r["tokens"], r["vocab"]): r for r in rows
-                if r["impl"] == "lsce" and "peak_mb" in r}
+    def key(r):
+        return r["device"], r["dtype"], r["tokens"], r["vocab"], r.get("hidden"), baseline_of(r["impl"])
+
+    baseline = {key(r): r for r in rows if r["impl"] in BASELINES and "peak_mb" in r}
     with_floor = any(r.get("floor_s") for r in rows)
-    header = ["device", "dtype", "tokens x vocab", "implementation", "time (s)", "time / LS-CE", "peak (MB)",
-              "peak / LS-CE"]
+    projection = any(r.get("hidden") for r in rows)
+    baseline_name = "baseline" if projection else "LS-CE"
+    header = ["device", "dtype", "tokens x vocab" + (" x hidden" if projection else ""), "implementation", "time (s)",
+              f"time / {baseline_name}", "peak (MB)", f"peak / {baseline_name}"]
     if with_floor:
         header.append("floor share")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        base = baseline.get((r["device"], r["dtype"], r["tokens"], r["vocab"]))
-        cells = [r["device"], r["dtype"], f"{r['tokens']} x {r['vocab']}", IMPL_TITLES[r["impl"]]]
+        base = baseline.get(key(r))
+        size = f"{r['tokens']} x {r['vocab']}" + (f" x {r['hidden']}" if r.get("hidden") else "")
+        cells = [r["device"], r["dtype"], size, IMPL_TITLES[r["impl"]]]
         if "error" in r:
             cells += [r["error"]] + [""] * (len(header) - 5)
         else:

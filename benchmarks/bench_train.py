@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Training throughput and peak memory of fairseq-train with a small Transformer: fairseq's
 label_smoothed_cross_entropy (baseline) vs encouraging_ls with --el-impl reference vs fused (the
-gradient stored over the logits, the default) vs fused with --el-keep-logits.
+gradient stored over the logits, the default) vs fused with --el-keep-logits vs fused with
+--el-fuse-projection (the output projection inside the loss, the logits never whole).
 
 It generates a synthetic parallel corpus (Zipf-distributed words, so that the vocabulary, and
 with it the output layer and the loss, is realistically large), binarises it with
@@ -40,6 +41,8 @@ SETTINGS = {  # name: criterion flags
     # the gradient beside the logits instead of over them (what --el-keep-logits costs)
     "fused-keep-logits": ["--criterion", "encouraging_ls", "--label-smoothing", "0.1", "--log-end", "0.5",
                           "--el-impl", "fused", "--el-keep-logits"],
+    "fused-projection": ["--criterion", "encouraging_ls", "--label-smoothing", "0.1", "--log-end", "0.5",
+                         "--el-impl", "fused", "--el-fuse-projection"],
 }
 
 

@@ -114,6 +114,7 @@ class _Workspace:
             return torch.empty((rows, vocab), dtype=dtype, device=device)
 
         self.dtype = dtype
+        self.one = torch.ones((), dtype=dtype, device=device)  # the base of 1 - p in one addcmul pass
         self.exps, self.aux, self.slope = buffer(), buffer(), buffer()
         self.grad = buffer() if staging else None  # math-dtype gradient before rounding to fp16/bf16
 
@@ -157,10 +158,11 @@ def _chunk(logits, index, options, work, sums, grad_and_weight, grad_row_scale):
     others_slope = others_weight * (rest_slope if top is None else rest_slope + top.slope)
     probs_factor = 1.0 - rho * (target_weight * target.slope + others_slope)
     chunk_grad = work.grad[:rows] if work.grad is not None else grad
-    torch.mul(exps, (probs_factor * target.inv_total * weight).unsqueeze(-1), out=chunk_grad)
+    # -q_k + p_k (1 - rho S) in one pass: the smoothing term is the per-row base of the addcmul
+    torch.addcmul((-smooth_weight * weight).unsqueeze(-1), exps,
+                  (probs_factor * target.inv_total * weight).unsqueeze(-1), out=chunk_grad)
     if rho != 0.0 and slope_part is not None:
         chunk_grad.addcmul_(slope_part, (rho * others_weight * slope_factor * weight).unsqueeze(-1))
-    chunk_grad.sub_((smooth_weight * weight).unsqueeze(-1))
     # The target's own entry p_y (1 - rho S) + rho w_y g_y, regrouped as
     # p_y (1 - rho S_others) + rho w_y g_y (1 - p_y): near p_y = 1, g_y = p_y b'(p_y) reaches
     # -2^24 (LE = 1), and 1 - rho S would lose p_y to rounding; 1 - p_y is exact from the others' sum.
@@ -220,7 +222,7 @@ def _others_bonus(exps, inv_total, others_max, options, work):
         # Every p_j is on the log(1 - p) side of LE: no clamp, no tangent, and sum_j log(1 - p_j)
         # is the log of one product, which cannot underflow: at most one p_j exceeds 1/2 (and it
         # is <= LE <= 1 - 2^-24), the others give a product >= exp(-2 log 2 sum p) >= 1/4.
-        one_minus_p = torch.mul(exps, neg_inv_total.unsqueeze(-1), out=work.aux[:rows]).add_(1.0)
+        one_minus_p = torch.addcmul(work.one, exps, neg_inv_total.unsqueeze(-1), out=work.aux[:rows])
         exps_over_one_minus_p = torch.div(exps, one_minus_p, out=work.slope[:rows])
         return one_minus_p.prod(-1).log_(), exps_over_one_minus_p, neg_inv_total  # g = -p / (1 - p)
     probs = torch.mul(exps, inv_total.unsqueeze(-1), out=work.aux[:rows])

@@ -12,11 +12,19 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
 )
 from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
+from fairseq.models.transformer import TransformerDecoderBase
+from torch import nn
 
-from encouraging_loss import EncouragingLossOptions, encouraging_loss
+from encouraging_loss import EncouragingLossOptions, encouraging_loss, linear_encouraging_loss
 from encouraging_loss.functional import IMPLS
 from encouraging_loss.options import BONUSES
-from fairseq_plugins.errors import flag_error
+from fairseq_plugins.errors import FlagError, UserInputError, flag_error
+
+
+class UnfusableModelError(UserInputError, RuntimeError):
+    """--el-fuse-projection on a model whose output layer it cannot take over. A RuntimeError: fairseq's
+    trainer re-raises those from a training step as they are, where any other error first writes a
+    crash.pt checkpoint."""
 
 
 @dataclass
@@ -38,6 +46,10 @@ class EncouragingLabelSmoothedCrossEntropyConfig(LabelSmoothedCrossEntropyCriter
         "help": "fused path: store the gradient beside the decoder's logits instead of in their memory "
                 "(costs one logits-sized tensor); for models whose own graph still needs the logits, "
                 "which otherwise fail in backward with 'modified by an inplace operation'"})
+    el_fuse_projection: bool = field(default=False, metadata={
+        "help": "run the decoder without its output projection and apply that projection inside the loss, "
+                "a block of tokens at a time, so that the tokens x vocabulary logits never exist "
+                "(Transformer decoders with an nn.Linear output projection, shared embeddings included)"})
 
 
 @register_criterion("encouraging_ls", dataclass=EncouragingLabelSmoothedCrossEntropyConfig)
@@ -52,7 +64,7 @@ class EncouragingLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCri
 
     def __init__(self, task, sentence_avg, label_smoothing, ignore_prefix_size=0, report_accuracy=False,
                  bonus_rho=1.0, log_end=0.5, el_label_smoothing=None, bonus="log", bonus_gamma=1.0,
-                 bonus_start=0.0, el_impl="auto", el_keep_logits=False):
+                 bonus_start=0.0, el_impl="auto", el_keep_logits=False, el_fuse_projection=False):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         try:
             self.options = EncouragingLossOptions(
@@ -63,6 +75,9 @@ class EncouragingLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCri
             raise flag_error(error) from None
         self.impl = str(el_impl)  # ChoiceEnum: fairseq's parser already refused anything else
         self.keep_logits = bool(el_keep_logits)
+        self.fuse_projection = bool(el_fuse_projection)
+        if self.fuse_projection and self.impl == "reference":
+            raise FlagError("--el-fuse-projection needs the fused loss: drop --el-impl reference")
         self.bonus_scale = 1.0
         self.with_stats = True
 
@@ -77,12 +92,17 @@ class EncouragingLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCri
         return self.options.bonus_rho * self.bonus_scale
 
     def forward(self, model, sample, reduce=True):
-        net_output = model(**sample["net_input"])
-        # nothing reads the decoder's logits after the loss here (accuracy comes from the stats), so
-        # the fused path may store the gradient in their memory
-        out = self.compute_encouraging_loss(model, net_output, sample, reduce=reduce,
-                                            overwrite_logits=not self.keep_logits,
-                                            with_stats=self.with_stats or self.report_accuracy)
+        with_stats = self.with_stats or self.report_accuracy
+        if self.fuse_projection:
+            projection = self.output_projection(model)
+            features = model(**sample["net_input"], features_only=True)
+            out = self.compute_projected_loss(model, projection, features, sample, reduce, with_stats)
+        else:
+            net_output = model(**sample["net_input"])
+            # nothing reads the decoder's logits after the loss here (accuracy comes from the stats), so
+            # the fused path may store the gradient in their memory
+            out = self.compute_encouraging_loss(model, net_output, sample, reduce=reduce,
+                                                overwrite_logits=not self.keep_logits, with_stats=with_stats)
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
         logging_output = {
             "loss": out.loss.data,
@@ -151,6 +171,35 @@ class EncouragingLabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCri
         return encouraging_loss(logits, target, options, ignore_index=self.padding_idx,
                                 reduction="sum" if reduce else "none", impl=self.impl, with_stats=with_stats,
                                 overwrite_logits=overwrite_logits and self._are_raw_logits(model))
+
+    @staticmethod
+    def output_projection(model) -> nn.Linear:
+        """The decoder's output projection, when its logits are exactly that layer applied to the
+        features the decoder returns with ``features_only=True``; an UnfusableModelError saying why otherwise."""
+        decoder = getattr(model, "decoder", None)
+        name = type(model).__name__
+
+        def refuse(reason):
+            return UnfusableModelError(f"--el-fuse-projection cannot fuse the output layer of {name}: {reason}")
+
+        if getattr(decoder, "adaptive_softmax", None) is not None:
+            raise refuse("it uses an adaptive softmax")
+        projection = getattr(decoder, "output_projection", None)
+        if not isinstance(projection, nn.Linear):
+            raise refuse("its decoder has no nn.Linear output_projection")
+        own_layer = type(decoder).output_layer is not TransformerDecoderBase.output_layer
+        if not isinstance(decoder, TransformerDecoderBase) or own_layer:
+            raise refuse("its decoder's output layer is not fairseq's Transformer output projection")
+        return projection
+
+    def compute_projected_loss(self, model, projection: nn.Linear, features, sample, reduce=True, with_stats=False):
+        """The encouraging loss of ``projection`` applied to the decoder's ``features`` (its output
+        with ``features_only=True``), the logits formed a block of tokens at a time inside the loss."""
+        hidden, target = self._without_prefix(features[0], model.get_targets(sample, features))
+        options = self.options if self.bonus_scale == 1.0 else self.options.with_rho(self.bonus_weight)
+        return linear_encouraging_loss(hidden, projection.weight, target, options, bias=projection.bias,
+                                       ignore_index=self.padding_idx, reduction="sum" if reduce else "none",
+                                       with_stats=with_stats)
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:

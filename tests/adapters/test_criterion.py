@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from helpers import TINY_TRANSFORMER, USER_DIR, run_tool
+from helpers import TINY_TRANSFORMER, USER_DIR, json_records, run_tool
 
 
 from fairseq import metrics, options, tasks, utils  # noqa: E402
@@ -192,3 +192,79 @@ def test_compute_loss_hook_returns_the_encouraging_loss_of_forward(setup, toy_da
     assert int(n_correct) == int((logits[:, prefix:].argmax(-1) == target)[scored].sum())
     assert flat_target.tolist() == target.reshape(-1).tolist()
     torch.testing.assert_close(lprobs, torch.log_softmax(logits[:, prefix:].float(), -1).view(-1, logits.size(-1)))
+
+
+@pytest.mark.parametrize("sharing", [[], ["--share-decoder-input-output-embed"], ["--share-all-embeddings"]])
+@pytest.mark.parametrize("prefix", [0, 1])
+def test_fused_projection_gives_the_same_loss_logs_and_gradients(toy_data_bin, sharing, prefix):
+    """--el-fuse-projection: the decoder's features and its output projection go into the loss
+    instead of the logits. Same loss, logged values and parameter gradients (the shared embedding's
+    included) as the loss on the decoder's logits, under a bonus schedule and a loss scale."""
+    extra = ["--bonus-rho", "0.7", "--report-accuracy", "--ignore-prefix-size", str(prefix), *sharing]
+    cfg, task = build(toy_data_bin, *extra)
+    task.load_dataset("valid")
+    torch.manual_seed(0)
+    model = task.build_model(cfg.model)
+    sample = next(task.get_batch_iterator(task.dataset("valid"), max_tokens=400, seed=1).next_epoch_itr(shuffle=False))
+    if sharing:
+        assert model.decoder.output_projection.weight is model.decoder.embed_tokens.weight
+    runs = []
+    for fuse in ([], ["--el-fuse-projection"]):
+        criterion = task.build_criterion(build(toy_data_bin, *extra, *fuse)[0].criterion)
+        criterion.set_step(bonus_scale=0.5)
+        model.zero_grad()
+        loss, sample_size, log = criterion(model, sample)
+        (loss * 128.0).backward()
+        runs.append((loss.detach(), sample_size, log, [p.grad.clone() for p in model.parameters()]))
+    (loss, sample_size, log, grads), (fused_loss, fused_size, fused_log, fused_grads) = runs
+    torch.testing.assert_close(fused_loss, loss, rtol=1e-5, atol=1e-5)
+    assert fused_size == sample_size and sorted(fused_log) == sorted(log)
+    for key, value in log.items():
+        torch.testing.assert_close(torch.as_tensor(fused_log[key]).double(), torch.as_tensor(value).double(),
+                                   rtol=1e-5, atol=1e-4, msg=key)
+    mine, reference = torch.cat([g.flatten() for g in fused_grads]), torch.cat([g.flatten() for g in grads])
+    torch.testing.assert_close(mine, reference, rtol=1e-4, atol=1e-5 * reference.abs().max().item())
+    assert float(log["bonus"]) != 0.0 and float(reference.abs().max()) > 0
+
+
+def test_fused_projection_refuses_models_it_cannot_fuse(setup, toy_data_bin):
+    cfg, task = build(toy_data_bin, "--adaptive-softmax-cutoff", "20,40", "--el-fuse-projection")
+    task.load_dataset("valid")
+    model = task.build_model(cfg.model)
+    criterion = task.build_criterion(cfg.criterion)
+    _, _, _, sample = setup
+    with pytest.raises(RuntimeError, match="^--el-fuse-projection cannot fuse the output layer of TransformerModel: "
+                                         "it uses an adaptive softmax$"):
+        criterion(model, sample)
+    cfg, task = build(toy_data_bin, "--el-fuse-projection", "--el-impl", "reference")
+    with pytest.raises(ValueError, match="^--el-fuse-projection needs the fused loss"):
+        task.build_criterion(cfg.criterion)
+
+
+@pytest.mark.slow
+def test_fairseq_train_with_a_fused_projection_follows_the_same_loss_curve(toy_data_bin, tmp_path):
+    """A few updates of fairseq-train, same seed, with and without --el-fuse-projection (shared
+    embeddings): the same logged losses; a model it cannot fuse stops it with one line."""
+    common = [toy_data_bin, "--user-dir", USER_DIR, "--task", "translation", *TINY_TRANSFORMER,
+              "--share-all-embeddings", "--criterion", "encouraging_ls", "--label-smoothing", "0.1",
+              "--optimizer", "adam", "--lr", "5e-3", "--max-tokens", "500", "--max-update", "6", "--seed", "3",
+              "--log-format", "json", "--log-interval", "1", "--no-save", "--disable-validation",
+              "--num-workers", "0", "--cpu"]
+    curves = []
+    for fuse in ([], ["--el-fuse-projection"]):
+        proc = run_tool("fairseq-train", *common, *fuse, "--save-dir", tmp_path / f"save{len(curves)}")
+        records = json_records(proc.stdout + proc.stderr, "train_inner")
+        curves.append([[float(r[key]) for r in records] for key in ("loss", "nll_loss", "bonus", "p_target")])
+    assert len(curves[0][0]) == 6
+    for key, fused, logits in zip(("loss", "nll_loss", "bonus", "p_target"), curves[1], curves[0]):
+        assert fused == pytest.approx(logits, abs=2e-3), key  # fairseq logs 3 to 4 decimals
+    assert curves[0][0][-1] < curves[0][0][0] - 0.1  # it trained
+    refused = tmp_path / "refused"
+    proc = run_tool("fairseq-train", *common, "--el-fuse-projection", "--adaptive-softmax-cutoff", "20,40",
+                    "--save-dir", refused, check=False)
+    assert proc.returncode != 0
+    # the refusal comes at the first step (the criterion meets the model there), as a RuntimeError,
+    # which fairseq's trainer re-raises without first saving a crash.pt checkpoint
+    assert ("fairseq-train: error: --el-fuse-projection cannot fuse the output layer of TransformerModel: "
+            "it uses an adaptive softmax") in proc.stderr.splitlines()
+    assert "Traceback" not in proc.stderr and not list(refused.glob("*.pt"))
