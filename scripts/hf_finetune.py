@@ -63,6 +63,8 @@ def parse_args(argv):
     parser.add_argument("--bonus-schedule", default="constant")
     parser.add_argument("--bonus-warmup-updates", type=int, default=0)
     parser.add_argument("--bonus-start-update", type=int, default=0)
+    parser.add_argument("--fuse-projection", action="store_true",
+                        help="training steps never form the logits (the output layer fused into the loss)")
     parser.add_argument("--max-update", type=int, default=1000, help="optimizer steps")
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--warmup-updates", type=int, default=0, help="learning-rate warm-up steps")
@@ -126,7 +128,8 @@ def loss_function(args):
     except OptionError as error:
         flag = OPTION_FLAGS.get(error.field) or SCHEDULE_FLAGS.get(error.field) or f"--{error.field.replace('_', '-')}"
         raise FinetuneError(f"{flag} must be {error.requirement}, got {error.value!r}") from None
-    return EncouragingLossFunc(options, schedule=None if args.baseline else schedule)
+    return EncouragingLossFunc(options, schedule=None if args.baseline else schedule,
+                               fuse_projection=args.fuse_projection)
 
 
 def load(args):

@@ -26,9 +26,14 @@ module meets it:
   ``eval_loss`` is this loss (at the bonus weight of the last update).
 * The Trainer has no API for extra logged values, and a callback's ``on_log`` only reaches the
   reporting integrations (TensorBoard, wandb) that run after it: ``attach`` puts the callback first.
-* The function receives the logits, so a fused projection (hidden states -> loss without the
-  logits) needs a ``Trainer.compute_loss`` override that calls ``loss_from_logits``'s counterpart;
-  ``logits_and_labels`` and ``normaliser`` are the pieces such an override shares.
+* The function receives the logits. With ``fuse_projection=True`` the logits of training batches are
+  never formed: ``attach`` also overrides the Trainer's ``compute_loss`` for training steps, which
+  runs the model's backbone (``model.base_model``) for the last hidden states and gives them with
+  the output layer's weight and bias (plus a ``final_logits_bias``, as Marian and BART have) to
+  ``linear_encouraging_loss``. Before the first such step it checks, once per model, in eval mode
+  on that batch, that this reproduces the model's own logits, and refuses in one line if not (a
+  model that rescales its hidden states or logits). Evaluation keeps the logits (predictions need
+  them). Single process only: a wrapped model (DDP) is refused.
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ from typing import Dict, Optional
 import torch
 
 from ..functional import check_call_options, encouraging_loss
+from ..linear import linear_encouraging_loss
 from ..options import EncouragingLossOptions
 from ..schedule import BonusSchedule
 from ..stats import STAT_NAMES
@@ -67,11 +73,14 @@ class EncouragingLossFunc:
     position i predict label i + 1), for decoder-only models; encoder-decoder models (Marian, T5,
     mBART) need none. ``overwrite_logits``: in training, let the fused path keep the gradient in the
     logits' memory (safe in the Trainer: nothing reads the training logits after the loss).
+    ``fuse_projection``: training steps never form the logits (see the module's notes; ``attach``
+    installs it).
     """
 
     def __init__(self, options: Optional[EncouragingLossOptions] = None, *, schedule: Optional[BonusSchedule] = None,
                  shift_labels: bool = False, ignore_index: int = -100, impl: str = "auto",
-                 overwrite_logits: bool = True, with_stats: bool = True, **option_fields):
+                 overwrite_logits: bool = True, with_stats: bool = True, fuse_projection: bool = False,
+                 **option_fields):
         if options is None:
             options = EncouragingLossOptions(**option_fields)
         elif option_fields:
@@ -82,6 +91,8 @@ class EncouragingLossFunc:
         self.options, self.schedule = options, schedule or BonusSchedule()
         self.shift_labels, self.ignore_index, self.impl = bool(shift_labels), ignore_index, impl
         self.overwrite_logits, self.with_stats = bool(overwrite_logits), bool(with_stats)
+        self.fuse_projection = bool(fuse_projection)
+        self._checked_models = set()  # ids of models whose logits the fused projection reproduces
         self.num_updates: Optional[int] = None  # the update being computed; set by the callback
         self._callback = None
         self._sums: Dict[str, torch.Tensor] = {}
@@ -122,17 +133,44 @@ class EncouragingLossFunc:
 
     def loss_from_logits(self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
         training = torch.is_grad_enabled() and logits.requires_grad
-        if training and self.num_updates is None and not self.schedule.is_trivial:
-            raise RuntimeError("EncouragingLossFunc has a bonus schedule but no step count: call "
-                               "loss_func.attach(trainer) (or add loss_func.callback to the Trainer's callbacks)")
-        weight = self.bonus_weight
-        options = self.options if weight == self.options.bonus_rho else self.options.with_rho(weight)
+        options, weight = self._options_now(training)
         out = encouraging_loss(logits, labels, options, ignore_index=self.ignore_index, reduction="sum",
                                impl=self.impl, with_stats=self.with_stats and training,
                                overwrite_logits=self.overwrite_logits and training)
         if training:
             self._accumulate(out, weight)
         return out.loss / self.normaliser(num_items_in_batch, labels, out.loss)
+
+    def loss_from_hidden(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        """The training loss of a batch without its logits: the backbone's last hidden states through
+        ``linear_encouraging_loss`` with the model's output layer (``fuse_projection``)."""
+        inputs = dict(inputs)
+        labels = inputs.pop("labels", None)
+        if labels is None:
+            raise ValueError("EncouragingLossFunc needs labels: the batches have no 'labels' field")
+        weight, bias = _output_layer(model)
+        if model.config.is_encoder_decoder and "decoder_input_ids" not in inputs:
+            inputs["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(labels=labels)
+        if id(model) not in self._checked_models:
+            _check_projection(model, inputs, weight, bias)
+            self._checked_models.add(id(model))
+        hidden = model.base_model(**inputs)[0]
+        labels = labels.to(hidden.device)
+        if self.shift_labels:
+            hidden, labels = hidden[..., :-1, :], labels[..., 1:]
+        options, bonus_weight = self._options_now(training=True)
+        out = linear_encouraging_loss(hidden, weight, labels, options, bias=bias, ignore_index=self.ignore_index,
+                                      reduction="sum", with_stats=self.with_stats)
+        self._accumulate(out, bonus_weight)
+        return out.loss / self.normaliser(num_items_in_batch, labels, out.loss)
+
+    def _options_now(self, training: bool):
+        """(options at the current bonus weight, that weight)."""
+        if training and self.num_updates is None and not self.schedule.is_trivial:
+            raise RuntimeError("EncouragingLossFunc has a bonus schedule but no step count: call "
+                               "loss_func.attach(trainer) (or add loss_func.callback to the Trainer's callbacks)")
+        weight = self.bonus_weight
+        return (self.options if weight == self.options.bonus_rho else self.options.with_rho(weight)), weight
 
     def normaliser(self, num_items_in_batch, labels: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """The divisor of the token sum: the Trainer's count of the accumulated batch (any device or
@@ -191,11 +229,59 @@ class EncouragingLossFunc:
             warnings.warn("Seq2SeqTrainer with predict_with_generate computes eval_loss with the model's own "
                           "cross-entropy, not the encouraging loss, whenever it has compute_metrics", stacklevel=2)
         trainer.compute_loss_func = self
+        if self.fuse_projection:
+            trainer.compute_loss = functools.partial(_fused_compute_loss, self, trainer, trainer.compute_loss)
         callbacks = trainer.callback_handler.callbacks
         if self.callback in callbacks:
             callbacks.remove(self.callback)
         callbacks.insert(0, self.callback)
         return self
+
+
+class FusedProjectionError(ValueError):
+    """The model's logits are not its output layer applied to its backbone's last hidden states."""
+
+
+def _fused_compute_loss(loss_func, trainer, unfused, model, inputs, return_outputs=False, num_items_in_batch=None):
+    """Trainer.compute_loss with the fused projection for training steps; evaluation (which needs the
+    logits for predictions) takes the Trainer's own path."""
+    if return_outputs or not model.training:
+        return unfused(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+    if model is not trainer.accelerator.unwrap_model(model):
+        raise FusedProjectionError("fuse_projection runs on an unwrapped model only (one process, no "
+                                   f"DataParallel/DDP); the Trainer wrapped it in {type(model).__name__}")
+    return loss_func.loss_from_hidden(model, inputs, num_items_in_batch)
+
+
+def _output_layer(model):
+    """(weight, bias) such that logits = hidden @ weight.T + bias; bias includes a final_logits_bias."""
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear) or model.base_model is model:
+        raise FusedProjectionError(f"{type(model).__name__} has no linear output layer beside a backbone "
+                                   f"(get_output_embeddings() gives {type(head).__name__}): use fuse_projection=False")
+    bias = head.bias
+    extra = getattr(model, "final_logits_bias", None)
+    if torch.is_tensor(extra):
+        bias = extra.reshape(-1) if bias is None else bias + extra.reshape(-1)
+    return head.weight, bias
+
+
+def _check_projection(model, inputs, weight, bias):
+    """Refuses a model whose logits the fused projection would not reproduce (checked in eval mode,
+    where both forward passes are deterministic, on this batch)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(**inputs).logits.float()
+            projected = torch.nn.functional.linear(model.base_model(**inputs)[0], weight, bias).float()
+    finally:
+        model.train(was_training)
+    difference = (projected - logits).abs().max().item() if projected.shape == logits.shape else float("inf")
+    if not difference <= 1e-4 * (1.0 + logits.abs().max().item()):
+        raise FusedProjectionError(f"{type(model).__name__}'s logits are not its output layer applied to its "
+                                   f"backbone's last hidden states (largest difference {difference:.3g}): "
+                                   "use fuse_projection=False")
 
 
 @functools.lru_cache(maxsize=None)

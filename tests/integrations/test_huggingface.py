@@ -172,3 +172,36 @@ def test_which_loss_eval_loss_is_with_and_without_predict_with_generate(tmp_path
     generated, logits = eval_loss(True)  # the model's own cross-entropy, as the warning says
     plain = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1))
     assert generated == pytest.approx(float(plain), rel=1e-5)
+
+
+def test_fused_projection_trains_step_for_step_like_the_logits(tmp_path):
+    """fuse_projection: the backbone's hidden states and the output layer (tied to the embeddings, plus
+    Marian's final_logits_bias) through linear_encouraging_loss, against the loss on the model's logits."""
+    runs = []
+    for fuse in (False, True):
+        trainer = make_trainer(tmp_path / f"fuse{fuse}")
+        with torch.no_grad():  # a non-zero final_logits_bias, so that leaving it out would show
+            trainer.model.final_logits_bias.copy_(torch.linspace(-1.0, 1.0, trainer.model.final_logits_bias.numel()))
+        EncouragingLossFunc(bonus_rho=1.0, label_smoothing=0.1, log_end=0.75, fuse_projection=fuse).attach(trainer)
+        trainer.train()
+        runs.append(trainer)
+    assert_same_runs(*runs, rel=1e-4)
+    for key in ("el_p_target", "el_margin", "el_bonus"):
+        unfused, fused = step_logs(runs[0], key), step_logs(runs[1], key)
+        assert fused == {step: pytest.approx(value, rel=1e-4, abs=1e-6) for step, value in unfused.items()}, key
+
+
+def test_fused_projection_refuses_a_model_whose_logits_are_not_its_output_layers(tmp_path):
+    class ScaledLogits(transformers.MarianMTModel):
+        def forward(self, *args, **kwargs):
+            output = super().forward(*args, **kwargs)
+            output.logits = output.logits * 2.0
+            return output
+
+    trainer = make_trainer(tmp_path / "scaled", remove_unused_columns=False)  # forward(*args, **kwargs)
+    trainer.model = ScaledLogits(trainer.model.config)
+    trainer.model_wrapped = trainer.model
+    EncouragingLossFunc(fuse_projection=True).attach(trainer)
+    from encouraging_loss.integrations.huggingface import FusedProjectionError
+    with pytest.raises(FusedProjectionError, match="ScaledLogits's logits are not its output layer applied"):
+        trainer.train()
