@@ -171,3 +171,19 @@ def test_first_order_backward_is_unaffected_by_the_double_backward_guard():
         leaf = logits.clone().requires_grad_()
         (grad,) = torch.autograd.grad(encouraging_loss(leaf, target, impl=impl).loss, leaf)
         assert torch.isfinite(grad).all()
+
+
+def test_the_module_passes_its_impl_on():
+    """EncouragingLoss(impl=...) reaches the function: the reference path gives second derivatives,
+    the fused one refuses them."""
+    logits, target = batch((6,), 5)
+    for impl, works in (("reference", True), ("fused", False)):
+        leaf = logits.clone().requires_grad_()
+        loss = EncouragingLoss(impl=impl, label_smoothing=0.1)(leaf, target)
+        if works:
+            (grad,) = torch.autograd.grad(loss, leaf, create_graph=True)
+            grad.pow(2).sum().backward()
+            assert torch.isfinite(leaf.grad).all() and leaf.grad.abs().sum() > 0
+        else:
+            with pytest.raises(RuntimeError, match="no second derivative"):
+                torch.autograd.grad(loss, leaf, create_graph=True)
