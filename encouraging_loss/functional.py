@@ -77,14 +77,7 @@ def encouraging_loss(logits: torch.Tensor, target: torch.Tensor,
     vocab = logits.size(-1)
     check_option(vocab >= 1, "logits", "at least one class (size >= 1 on the class dimension)", tuple(logits.shape))
     flat_logits = logits.reshape(-1, vocab)
-    flat_target = check_targets(target.reshape(-1), vocab, ignore_index)
-    valid = flat_target.ne(ignore_index)
-    math_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    row_weight = None
-    if reduction == "sum":
-        row_weight = torch.ones((), dtype=math_dtype, device=logits.device)
-    elif reduction == "mean":
-        row_weight = 1.0 / valid.sum().clamp_min(1).to(math_dtype)
+    flat_target, valid, row_weight = scored_rows(target, vocab, ignore_index, reduction, logits)
 
     def reduce(per_row: torch.Tensor) -> torch.Tensor:
         return per_row.view(target.shape) if row_weight is None else (per_row * row_weight).sum()
@@ -132,6 +125,21 @@ def _classes_last(logits: torch.Tensor, target: torch.Tensor, class_dim: int) ->
         raise ValueError(f"logits {tuple(logits.movedim(-1, class_dim).shape)} and target {tuple(target.shape)} "
                          f"disagree: {layout}")
     return logits
+
+
+def scored_rows(target: torch.Tensor, vocab: int, ignore_index: int, reduction: str, like: torch.Tensor):
+    """(checked flat targets, the scored rows, the reduction's row weight) for ``target`` against
+    ``vocab`` classes: the weight is a 0-dim tensor in the math dtype of ``like`` (1 for 'sum', 1/n
+    over the scored rows for 'mean'), None for 'none'."""
+    flat_target = check_targets(target.reshape(-1), vocab, ignore_index)
+    valid = flat_target.ne(ignore_index)
+    math_dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    row_weight = None
+    if reduction == "sum":
+        row_weight = torch.ones((), dtype=math_dtype, device=like.device)
+    elif reduction == "mean":
+        row_weight = 1.0 / valid.sum().clamp_min(1).to(math_dtype)
+    return flat_target, valid, row_weight
 
 
 def check_targets(target: torch.Tensor, vocab: int, ignore_index: int) -> torch.Tensor:

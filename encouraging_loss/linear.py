@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .functional import EncouragingLossOutput, check_call_options, check_targets, encouraging_loss
+from .functional import EncouragingLossOutput, check_call_options, encouraging_loss, scored_rows
 from .ops.chunked import DEFAULT_CHUNK_ELEMENTS
 from .ops.linear import DEFAULT_BLOCK_ELEMENTS, LinearEncouragingLoss
 from .options import EncouragingLossOptions, check_option
@@ -46,14 +46,7 @@ def linear_encouraging_loss(hidden: torch.Tensor, weight: torch.Tensor, target: 
 
     vocab = weight.size(0)
     flat_hidden = hidden.reshape(-1, hidden.size(-1))
-    flat_target = check_targets(target.reshape(-1), vocab, ignore_index)
-    valid = flat_target.ne(ignore_index)
-    math_dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-    row_weight = None
-    if reduction == "sum":
-        row_weight = torch.ones((), dtype=math_dtype, device=hidden.device)
-    elif reduction == "mean":
-        row_weight = 1.0 / valid.sum().clamp_min(1).to(math_dtype)
+    flat_target, valid, row_weight = scored_rows(target, vocab, ignore_index, reduction, hidden)
     loss, nll, ce, bonus, *stat_values = LinearEncouragingLoss.apply(
         flat_hidden, weight, bias, flat_target, valid, options, row_weight, with_stats, block_elements,
         chunk_elements, "auto")

@@ -19,7 +19,7 @@ from ..options import EncouragingLossOptions, OptionError
 from ..reference import reference_row_terms
 from ..stats import STAT_NAMES, RowTerms
 from .chunked import DEFAULT_CHUNK_ELEMENTS, chunked_sweep
-from .rows import RowSums, row_terms_from_sums
+from .rows import RowSums, function_outputs, row_terms_from_sums
 
 BACKENDS = ("auto", "chunked", "triton")
 SECOND_DERIVATIVE_MESSAGE = (
@@ -91,11 +91,7 @@ class _FusedEncouragingLoss(torch.autograd.Function):
         ctx.save_for_backward(grad, grad_row_scale)
         ctx.per_row = row_weight is None
         ctx.chunk_elements = chunk_elements
-        loss = terms.loss if ctx.per_row else (terms.loss * row_weight).sum()
-        stat_values = tuple(terms.stats[name] for name in STAT_NAMES) if with_stats else ()
-        side_outputs = (terms.nll, terms.ce, terms.bonus) + stat_values
-        ctx.mark_non_differentiable(*side_outputs)
-        return (loss,) + side_outputs
+        return function_outputs(ctx, terms, None if ctx.per_row else row_weight)
 
     @staticmethod
     def backward(ctx, grad_output, *unused_side_output_grads):

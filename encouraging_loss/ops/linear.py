@@ -20,10 +20,9 @@ from typing import NamedTuple, Optional
 import torch
 
 from ..options import OptionError
-from ..stats import STAT_NAMES
 from .chunked import DEFAULT_CHUNK_ELEMENTS, chunked_sweep
 from .fused import BACKENDS, _triton_kernel, choose_backend
-from .rows import RowSums, row_terms_from_sums
+from .rows import RowSums, function_outputs, row_terms_from_sums
 
 # Logits per block, in elements: 64 MB of float32, 262 rows at a 64k vocabulary. The three
 # matmuls of a block then run at about the speed of whole-batch ones on CPU (131-row blocks
@@ -146,11 +145,7 @@ class LinearEncouragingLoss(torch.autograd.Function):
         else:
             ctx.save_for_backward(*(grads or (None, None, None)))
         terms = row_terms_from_sums(sums, valid, options, vocab, with_stats)
-        loss = terms.loss if ctx.per_row else (terms.loss * row_weight).sum()
-        stat_values = tuple(terms.stats[name] for name in STAT_NAMES) if with_stats else ()
-        side_outputs = (terms.nll, terms.ce, terms.bonus) + stat_values
-        ctx.mark_non_differentiable(*side_outputs)
-        return (loss,) + side_outputs
+        return function_outputs(ctx, terms, None if ctx.per_row else row_weight)
 
     @staticmethod
     def backward(ctx, grad_output, *unused_side_output_grads):

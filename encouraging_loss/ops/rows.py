@@ -12,7 +12,7 @@ import torch
 
 from ..bonus import bonus_value_and_slope
 from ..options import EncouragingLossOptions, bonus_weights, smoothing_weights
-from ..stats import RowTerms, token_stats
+from ..stats import STAT_NAMES, RowTerms, token_stats
 
 # fp16 gradients are stored scaled by a power of two per row (block floating point) so that small
 # entries such as eps / (V - 1) do not flush to zero before the loss scaler multiplies them:
@@ -95,3 +95,13 @@ def row_terms_from_sums(sums: RowSums, valid, options: EncouragingLossOptions, v
                                              target.bonus, sums.others_bonus, valid, options, vocab)
     stats = token_stats(target.lprob, sums.target_shifted - sums.others_max, valid, options) if with_stats else None
     return RowTerms(loss=loss, nll=nll, ce=ce, bonus=bonus, stats=stats)
+
+
+def function_outputs(ctx, terms: RowTerms, row_weight) -> tuple:
+    """What the fused autograd Functions return: the loss (per row, or reduced with ``row_weight``),
+    then nll, CE, bonus and the diagnostics as real outputs marked non-differentiable."""
+    loss = terms.loss if row_weight is None else (terms.loss * row_weight).sum()
+    stat_values = tuple(terms.stats[name] for name in STAT_NAMES) if terms.stats is not None else ()
+    side_outputs = (terms.nll, terms.ce, terms.bonus) + stat_values
+    ctx.mark_non_differentiable(*side_outputs)
+    return (loss,) + side_outputs
