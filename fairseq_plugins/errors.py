@@ -6,9 +6,11 @@ mistake whose message already names the culprit (flag, file, field); importing t
 installs a ``sys.excepthook`` that prints them as one line (``fairseq-train: error: MESSAGE``) and
 leaves every other exception to the previous hook, traceback included. The exit status stays 1.
 """
+import logging
 import os
 import re
 import sys
+import threading
 
 
 class UserInputError(Exception):
@@ -76,6 +78,14 @@ def report_user_errors_in_one_line(exc_type, exc_value, exc_traceback):
         return _previous_excepthook(exc_type, exc_value, exc_traceback)
     program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] not in ("", "-c") else "python"
     print(f"{program}: error: {message}", file=sys.stderr, flush=True)
+    if any(thread.daemon and thread.is_alive() for thread in threading.enumerate()):
+        # fairseq-train's data prefetch runs in a daemon thread; Python's shutdown kills such a thread
+        # wherever it is, and inside a torch op that aborts the process ("terminate called without an
+        # active exception", exit 134). The error has been reported and every finally block has run:
+        # end here, with the status an uncaught error has.
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(1)
 
 
 def install_excepthook():

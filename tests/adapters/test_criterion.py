@@ -262,9 +262,10 @@ def test_fairseq_train_with_a_fused_projection_follows_the_same_loss_curve(toy_d
     refused = tmp_path / "refused"
     proc = run_tool("fairseq-train", *common, "--el-fuse-projection", "--adaptive-softmax-cutoff", "20,40",
                     "--save-dir", refused, check=False)
-    assert proc.returncode != 0
+    assert proc.returncode == 1, proc.stderr[-500:]  # not an abort from fairseq's data thread (134)
     # the refusal comes at the first step (the criterion meets the model there), as a RuntimeError,
     # which fairseq's trainer re-raises without first saving a crash.pt checkpoint
     assert ("fairseq-train: error: --el-fuse-projection cannot fuse the output layer of TransformerModel: "
             "it uses an adaptive softmax") in proc.stderr.splitlines()
-    assert "Traceback" not in proc.stderr and not list(refused.glob("*.pt"))
+    assert "Traceback" not in proc.stderr and "terminate called" not in proc.stderr
+    assert not list(refused.glob("*.pt"))
