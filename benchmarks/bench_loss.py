@@ -16,7 +16,8 @@ Peak memory: each (implementation, size) in a fresh subprocess, one forward + ba
 --projection after one on 8 tokens, so that lazy imports and first-call set-up do not count); on CPU
 the process's peak resident set (VmHWM, reset through /proc/self/clear_refs once the inputs
 exist) minus the resident set at that moment, i.e. what the loss added on top of logits and
-targets; on CUDA torch.cuda.max_memory_allocated over the same baseline.
+targets, with glibc's mmap threshold fixed at 64 KB (MALLOC_MMAP_THRESHOLD_) so that freed blocks
+leave the resident set; on CUDA torch.cuda.max_memory_allocated over the same baseline.
 
 On CUDA the table also gives the share of the bandwidth floor: the time of one read of the logits
 plus one write of a gradient of the same size (a device copy), over the measured time.
@@ -201,9 +202,16 @@ def run_in_subprocess(case, args):
         forwarded += ["--chunk-elements", str(args.chunk_elements)]
     if args.block_elements:
         forwarded += ["--block-elements", str(args.block_elements)]
+    env = repo_env()
+    if case["mode"] == "memory":
+        # glibc raises its mmap threshold after freeing a large block, so later blocks up to that size come
+        # from (and return to) a heap that stays resident: the peak then depends on what ran before. A fixed
+        # threshold maps every block of 64 KB or more on its own and unmaps it on free, so the resident
+        # set follows the live tensors.
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(64 * 1024))
     try:
         proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_loss", "--worker", json.dumps(case), *forwarded],
-                              capture_output=True, text=True, env=repo_env(), timeout=args.timeout)
+                              capture_output=True, text=True, env=env, timeout=args.timeout)
     except subprocess.TimeoutExpired:
         return dict(case, error=f"timed out after {args.timeout:.0f} s")
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]

@@ -26,8 +26,11 @@ from ..options import OptionError, bonus_weights, smoothing_weights
 from .rows import FP16_GRAD_HEADROOM, MAX_GRAD_ROW_SCALE, RowSums, needs_exact_top, target_terms
 
 # Elements per chunk: large enough that PyTorch's per-op overhead is amortised, small enough that
-# the chunk's three work buffers stay in the CPU's cache (see benchmarks/bench_loss.py --chunk-elements).
-DEFAULT_CHUNK_ELEMENTS = 1 << 17
+# the chunk's three work buffers (2 MB each in float32) stay in the CPU's caches. The per-op overhead
+# runs in Python, under the GIL, so with two workers smaller chunks serialise: 2^17 took 1.1-1.2x
+# LS-CE's time where 2^19 took 0.77-0.86x (2-core Intel Xeon, 4096 and 16384 x 8000; see
+# benchmarks/bench_loss.py --chunk-elements).
+DEFAULT_CHUNK_ELEMENTS = 1 << 19
 
 
 def chunked_sweep(logits, index, options, sums: RowSums, grad=None, grad_weight=None, grad_row_scale=None,
@@ -114,7 +117,6 @@ class _Workspace:
             return torch.empty((rows, vocab), dtype=dtype, device=device)
 
         self.dtype = dtype
-        self.one = torch.ones((), dtype=dtype, device=device)  # the base of 1 - p in one addcmul pass
         self.exps, self.aux, self.slope = buffer(), buffer(), buffer()
         self.grad = buffer() if staging else None  # math-dtype gradient before rounding to fp16/bf16
 
@@ -138,10 +140,13 @@ def _chunk(logits, index, options, work, sums, grad_and_weight, grad_row_scale):
 
     slope_part = slope_factor = top = None
     if options.bonus_smoothing != 0.0:
-        if needs_exact_top(options, vocab):
+        product_path = _product_path_applies(options)
+        if product_path or needs_exact_top(options, vocab):
+            # With LE >= 1/2 the only class other than the target that can pass LE is a p > 1/2 (there
+            # is at most one): taken out here, it leaves a chunk the product path can sweep.
             top = _take_confident_top(exps, target, sums, options)
         bonus_sum, slope_part, slope_factor = _others_bonus(exps, target.inv_total, sums.others_max,
-                                                            options, work)
+                                                            options, work, all_below_end=product_path)
         if top is not None:
             bonus_sum = bonus_sum + top.bonus
         sums.others_bonus.copy_(bonus_sum)
@@ -158,9 +163,11 @@ def _chunk(logits, index, options, work, sums, grad_and_weight, grad_row_scale):
     others_slope = others_weight * (rest_slope if top is None else rest_slope + top.slope)
     probs_factor = 1.0 - rho * (target_weight * target.slope + others_slope)
     chunk_grad = work.grad[:rows] if work.grad is not None else grad
-    # -q_k + p_k (1 - rho S) in one pass: the smoothing term is the per-row base of the addcmul
-    torch.addcmul((-smooth_weight * weight).unsqueeze(-1), exps,
-                  (probs_factor * target.inv_total * weight).unsqueeze(-1), out=chunk_grad)
+    # -q_k + p_k (1 - rho S): a multiply and an in-place add (an out-of-place addcmul with a broadcast
+    # per-row base took about three times as long on CPU, measured with 16 x 8000 chunks)
+    torch.mul(exps, (probs_factor * target.inv_total * weight).unsqueeze(-1), out=chunk_grad)
+    if smooth_weight != 0.0:
+        chunk_grad.sub_((smooth_weight * weight).unsqueeze(-1))
     if rho != 0.0 and slope_part is not None:
         chunk_grad.addcmul_(slope_part, (rho * others_weight * slope_factor * weight).unsqueeze(-1))
     # The target's own entry p_y (1 - rho S) + rho w_y g_y, regrouped as
@@ -211,18 +218,24 @@ def _take_confident_top(exps, target, sums, options) -> Optional[_ConfidentTop]:
                          torch.where(confident, slope, zero))
 
 
-def _others_bonus(exps, inv_total, others_max, options, work):
+def _product_path_applies(options) -> bool:
+    """Whether every chunk can take the product path of ``_others_bonus`` once its p > 1/2 is taken out."""
+    return options.bonus == "log" and options.bonus_start == 0.0 and options.clamped_log_end >= 0.5
+
+
+def _others_bonus(exps, inv_total, others_max, options, work, all_below_end=False):
     """sum_{j != y} b(p_j) and p_j b'(p_j) = factor * part_j (a per-row factor times a full-width
-    part) of a chunk, from its unnormalised exps exp(z_j - m) whose target entry is 0."""
+    part) of a chunk, from its unnormalised exps exp(z_j - m) whose target entry is 0.
+    ``all_below_end``: the caller knows that no p_j left in ``exps`` exceeds LE."""
     rows = exps.size(0)
     end = options.clamped_log_end
     neg_inv_total = inv_total.neg()
-    if (options.bonus == "log" and options.bonus_start == 0.0
-            and bool((others_max.exp() * inv_total <= end).all())):
+    if all_below_end or (options.bonus == "log" and options.bonus_start == 0.0
+                         and bool((others_max.exp() * inv_total <= end).all())):
         # Every p_j is on the log(1 - p) side of LE: no clamp, no tangent, and sum_j log(1 - p_j)
         # is the log of one product, which cannot underflow: at most one p_j exceeds 1/2 (and it
         # is <= LE <= 1 - 2^-24), the others give a product >= exp(-2 log 2 sum p) >= 1/4.
-        one_minus_p = torch.addcmul(work.one, exps, neg_inv_total.unsqueeze(-1), out=work.aux[:rows])
+        one_minus_p = torch.mul(exps, neg_inv_total.unsqueeze(-1), out=work.aux[:rows]).add_(1.0)
         exps_over_one_minus_p = torch.div(exps, one_minus_p, out=work.slope[:rows])
         return one_minus_p.prod(-1).log_(), exps_over_one_minus_p, neg_inv_total  # g = -p / (1 - p)
     probs = torch.mul(exps, inv_total.unsqueeze(-1), out=work.aux[:rows])
