@@ -3,6 +3,7 @@
 of that. A developer's tool, not a test module (pytest does not collect it).
 
     python tests/mutation_sample.py --per-package 80 --seed 0
+    python tests/mutation_sample.py --per-package 30 --only encouraging_loss.ops.linear,encouraging_loss.linear
 
 Runs mutmut (configured in pyproject.toml) on the sample and prints, per package, how many mutants
 were killed, survived or are reached by no selected test, and the survival rate among the tested
@@ -45,14 +46,18 @@ def main(argv=None):
     parser.add_argument("--exclude", default="encouraging_loss.integrations",
                         help="comma-separated module prefixes left out of the draw (their tests are not "
                              "in the mutation selection) [encouraging_loss.integrations]")
+    parser.add_argument("--only", default="",
+                        help="comma-separated module prefixes: draw only from these (e.g. "
+                             "encouraging_loss.ops.linear to sample one module) [every module]")
     args = parser.parse_args(argv)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if not Path("mutants").is_dir():  # mutmut generates the mutants on its first run
         subprocess.run([MUTMUT, "run", "--max-children", "1", "no-such-mutant"], env=env, check=False)
     excluded = tuple(filter(None, args.exclude.split(",")))
+    only = tuple(filter(None, args.only.split(","))) or ("",)
     by_package = defaultdict(list)
     for name in sorted(results()):
-        if not name.startswith(excluded):
+        if not name.startswith(excluded) and name.startswith(only):
             by_package[name.split(".")[0]].append(name)
     rng = random.Random(args.seed)
     sample = {package: rng.sample(names, min(args.per_package, len(names)))

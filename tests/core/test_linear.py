@@ -321,3 +321,24 @@ def check_triton_blocks():
     expected = fused_projection(hidden, weight, bias, target, options, "sum", block_elements=4 * 300)
     assert_same(got[0], expected[0], got[1], expected[1], rtol=1e-5, atol=1e-5)
     print("checked the Triton blocks")
+
+
+def test_linear_compiles_to_the_reference_on_full_logits():
+    """Under torch.compile linear_encouraging_loss runs the reference path on hidden @ weight.T + bias in
+    one graph: the same loss, parts and diagnostics as eager, float64 (the eager run is the fused path)."""
+    torch.manual_seed(5)
+    hidden = torch.randn(4, 3, 6, dtype=torch.float64)
+    head = torch.nn.Linear(6, 13, dtype=torch.float64)
+    target = torch.randint(0, 13, (4, 3))
+    target[0, 1] = -100
+    options = EncouragingLossOptions(label_smoothing=0.1, log_end=0.75)
+
+    def step(hidden):
+        out = linear_encouraging_loss(hidden, head.weight, target, options, bias=head.bias, with_stats=True)
+        return (out.loss, out.nll_loss, out.ce_loss, out.bonus, *out.stats.values())
+
+    eager = step(hidden)
+    compiled = torch.compile(step, backend="eager", fullgraph=True)(hidden)
+    assert len(compiled) == len(eager) > 4
+    for got, want in zip(compiled, eager):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
