@@ -305,7 +305,6 @@ def make_step(impl, target, args):
 
     from encouraging_loss import EncouragingLossOptions, encouraging_loss, linear_encouraging_loss
     from encouraging_loss.ops.chunked import DEFAULT_CHUNK_ELEMENTS
-    from encouraging_loss.ops.linear import DEFAULT_BLOCK_ELEMENTS
 
     chunk_elements = args.chunk_elements or DEFAULT_CHUNK_ELEMENTS
     options = EncouragingLossOptions(label_smoothing=args.label_smoothing, log_end=args.log_end)
@@ -313,7 +312,7 @@ def make_step(impl, target, args):
         def step(hidden, weight):
             return linear_encouraging_loss(hidden, weight, target, options, ignore_index=PAD, reduction="sum",
                                            with_stats=True, chunk_elements=chunk_elements,
-                                           block_elements=args.block_elements or DEFAULT_BLOCK_ELEMENTS).loss
+                                           block_elements=args.block_elements).loss
         return step
     if impl == "proj-fused":  # as the criterion runs it without --el-fuse-projection
         def step(hidden, weight):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from .functional import EncouragingLossOutput, check_call_options, encouraging_loss, scored_rows
 from .ops.chunked import DEFAULT_CHUNK_ELEMENTS
-from .ops.linear import DEFAULT_BLOCK_ELEMENTS, LinearEncouragingLoss
+from .ops.linear import LinearEncouragingLoss
 from .options import EncouragingLossOptions, check_option
 from .stats import STAT_NAMES
 
@@ -17,12 +17,13 @@ def linear_encouraging_loss(hidden: torch.Tensor, weight: torch.Tensor, target: 
                             options: Optional[EncouragingLossOptions] = None, *,
                             bias: Optional[torch.Tensor] = None, ignore_index: int = -100,
                             reduction: str = "mean", with_stats: bool = False,
-                            block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+                            block_elements: Optional[int] = None,
                             chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, **option_fields) -> EncouragingLossOutput:
     """``encouraging_loss(hidden @ weight.T + bias, target, ...)`` with the logits formed one block
     of tokens at a time: the same outputs and gradients (for hidden, weight and bias), and extra
-    memory of one block of logits (``block_elements`` of them) plus a weight-sized gradient,
-    independent of the number of tokens.
+    memory of one block of logits plus a weight-sized gradient, independent of the number of tokens.
+    A block holds ``block_elements`` logits (rounded down to whole rows); by default 2^24 of them
+    (64 MB in float32) but at least 256 rows, since thinner blocks slow the matmuls down.
 
     ``hidden`` (..., H), ``weight`` (V, H) as ``nn.Linear`` stores it, ``bias`` (V,) or None,
     ``target`` (...) class indices or ``ignore_index``. Options, ``reduction`` and ``with_stats`` as
@@ -37,8 +38,10 @@ def linear_encouraging_loss(hidden: torch.Tensor, weight: torch.Tensor, target: 
     elif option_fields:
         raise TypeError("pass either options or option fields, not both")
     check_call_options(reduction, "auto")
-    for name, value in (("block_elements", block_elements), ("chunk_elements", chunk_elements)):
-        check_option(isinstance(value, int) and value >= 1, name, "an integer >= 1", value)
+    check_option(block_elements is None or isinstance(block_elements, int) and block_elements >= 1,
+                 "block_elements", "None or an integer >= 1", block_elements)
+    check_option(isinstance(chunk_elements, int) and chunk_elements >= 1, "chunk_elements", "an integer >= 1",
+                 chunk_elements)
     _check_shapes(hidden, weight, bias, target)
     if torch.compiler.is_compiling():
         return encouraging_loss(F.linear(hidden, weight, bias), target, options, ignore_index=ignore_index,

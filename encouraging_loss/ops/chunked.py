@@ -140,13 +140,15 @@ def _chunk(logits, index, options, work, sums, grad_and_weight, grad_row_scale):
 
     slope_part = slope_factor = top = None
     if options.bonus_smoothing != 0.0:
-        product_path = _product_path_applies(options)
-        if product_path or needs_exact_top(options, vocab):
-            # With LE >= 1/2 the only class other than the target that can pass LE is a p > 1/2 (there
-            # is at most one): taken out here, it leaves a chunk the product path can sweep.
+        plain_log = options.bonus == "log" and options.bonus_start == 0.0
+        # With LE >= 1/2 the only class other than the target that can pass LE is a p > 1/2 (there
+        # is at most one): taken out below, it leaves a chunk the product path can sweep.
+        take_top = plain_log and options.clamped_log_end >= 0.5
+        if take_top or needs_exact_top(options, vocab):
             top = _take_confident_top(exps, target, sums, options)
-        bonus_sum, slope_part, slope_factor = _others_bonus(exps, target.inv_total, sums.others_max,
-                                                            options, work, all_below_end=product_path)
+        below_end = take_top or (plain_log and bool((sums.others_max.exp() * target.inv_total
+                                                     <= options.clamped_log_end).all()))
+        bonus_sum, slope_part, slope_factor = _others_bonus(exps, target.inv_total, options, work, below_end)
         if top is not None:
             bonus_sum = bonus_sum + top.bonus
         sums.others_bonus.copy_(bonus_sum)
@@ -218,20 +220,13 @@ def _take_confident_top(exps, target, sums, options) -> Optional[_ConfidentTop]:
                          torch.where(confident, slope, zero))
 
 
-def _product_path_applies(options) -> bool:
-    """Whether every chunk can take the product path of ``_others_bonus`` once its p > 1/2 is taken out."""
-    return options.bonus == "log" and options.bonus_start == 0.0 and options.clamped_log_end >= 0.5
-
-
-def _others_bonus(exps, inv_total, others_max, options, work, all_below_end=False):
+def _others_bonus(exps, inv_total, options, work, below_end):
     """sum_{j != y} b(p_j) and p_j b'(p_j) = factor * part_j (a per-row factor times a full-width
     part) of a chunk, from its unnormalised exps exp(z_j - m) whose target entry is 0.
-    ``all_below_end``: the caller knows that no p_j left in ``exps`` exceeds LE."""
+    ``below_end``: the bonus is the plain log one and no p_j left in ``exps`` exceeds LE."""
     rows = exps.size(0)
-    end = options.clamped_log_end
     neg_inv_total = inv_total.neg()
-    if all_below_end or (options.bonus == "log" and options.bonus_start == 0.0
-                         and bool((others_max.exp() * inv_total <= end).all())):
+    if below_end:
         # Every p_j is on the log(1 - p) side of LE: no clamp, no tangent, and sum_j log(1 - p_j)
         # is the log of one product, which cannot underflow: at most one p_j exceeds 1/2 (and it
         # is <= LE <= 1 - 2^-24), the others give a product >= exp(-2 log 2 sum p) >= 1/4.

@@ -24,10 +24,15 @@ from .chunked import DEFAULT_CHUNK_ELEMENTS, chunked_sweep
 from .fused import BACKENDS, _triton_kernel, choose_backend
 from .rows import RowSums, function_outputs, row_terms_from_sums
 
-# Logits per block, in elements: 64 MB of float32, 262 rows at a 64k vocabulary. The three
-# matmuls of a block then run at about the speed of whole-batch ones on CPU (131-row blocks
+# Logits per block by default, in elements: 64 MB of float32, 262 rows at a 64k vocabulary. The
+# three matmuls of a block then run at about the speed of whole-batch ones on CPU (131-row blocks
 # measured 10-30% slower at 64k x 512), and the block is still small against N x V at NMT batch sizes.
 DEFAULT_BLOCK_ELEMENTS = 1 << 24
+# ...but no fewer rows than this by default: every block reads the weight twice and reads and writes
+# its gradient once, so thin blocks leave the matmuls waiting on memory (at 4096 x 256,000 x 512,
+# 65-row blocks took 0.77x the baseline's time, 262-row ones 0.50x; 2-core AMD EPYC). A 256-row
+# block is no larger than the float32 weight gradient whenever the hidden width is 256 or more.
+MIN_DEFAULT_BLOCK_ROWS = 256
 
 
 class LinearGrads(NamedTuple):
@@ -40,12 +45,16 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def block_rows(vocab: int, block_elements: int) -> int:
+def block_rows(vocab: int, block_elements: Optional[int]) -> int:
+    """Rows per block: ``block_elements // vocab`` (at least one); by default (None) as many as
+    ``DEFAULT_BLOCK_ELEMENTS`` logits but at least ``MIN_DEFAULT_BLOCK_ROWS``."""
+    if block_elements is None:
+        return max(MIN_DEFAULT_BLOCK_ROWS, DEFAULT_BLOCK_ELEMENTS // max(vocab, 1))
     return max(1, block_elements // max(vocab, 1))
 
 
 def projected_sweep(hidden, weight, bias, index, options, sums: RowSums, row_grad_weight=None,
-                    needs=(True, True, True), block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+                    needs=(True, True, True), block_elements: Optional[int] = None,
                     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, backend: str = "auto") -> Optional[LinearGrads]:
     """Fills ``sums`` for the logits ``hidden @ weight.T + bias`` block by block; with
     ``row_grad_weight`` (N,) also returns the gradients (those ``needs`` asks for: hidden, weight,
@@ -53,7 +62,7 @@ def projected_sweep(hidden, weight, bias, index, options, sums: RowSums, row_gra
 
     ``index`` (N, 1) holds the targets, 0 on ignored rows (their ``row_grad_weight`` is 0).
     The loop converts no tensor to a Python number: on CUDA it never waits for the device."""
-    if block_elements < 1:
+    if block_elements is not None and block_elements < 1:
         raise OptionError("block_elements", ">= 1", block_elements)
     if backend not in BACKENDS:
         raise OptionError("backend", f"one of {', '.join(BACKENDS)}", backend)

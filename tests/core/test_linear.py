@@ -342,3 +342,13 @@ def test_linear_compiles_to_the_reference_on_full_logits():
     assert len(compiled) == len(eager) > 4
     for got, want in zip(compiled, eager):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_default_blocks_keep_enough_rows_for_the_matmuls():
+    """By default a block holds 2^24 logits but never fewer than 256 rows (at a 256k vocabulary,
+    65-row blocks left the matmuls waiting on memory); an explicit ``block_elements`` is taken as given."""
+    assert linear_ops.block_rows(8000, None) == (1 << 24) // 8000
+    assert linear_ops.block_rows(64000, None) == (1 << 24) // 64000
+    assert linear_ops.block_rows(256000, None) == 256
+    assert linear_ops.block_rows(256000, 1 << 24) == 65
+    assert linear_ops.block_rows(300, 299) == 1
