@@ -5,7 +5,11 @@ import math
 import pytest
 import torch
 
-from encouraging_loss import EncouragingLoss, EncouragingLossOptions, OptionError, encouraging_loss
+from encouraging_loss import (EncouragingLoss, EncouragingLossOptions, OptionError, encouraging_loss,
+                              linear_encouraging_loss)
+from encouraging_loss.ops.chunked import chunked_sweep
+from encouraging_loss.ops.linear import projected_sweep
+from encouraging_loss.ops.rows import RowSums
 
 IMPLS = ("fused", "reference")
 OPTION_CASES = [
@@ -220,6 +224,30 @@ def test_shape_mismatch_and_bad_impl_are_clear_errors():
     with pytest.raises(OptionError, match="^reduction must be"):
         EncouragingLoss(reduction="average")
 
+
+
+def test_chunk_and_block_sizes_below_one_are_refused_by_name():
+    """Every entry point refuses a chunk or block size below one with the field's name, also the ops
+    that the public functions call (a zero would make an empty range of chunks and no loss at all)."""
+    logits, target = torch.randn(3, 5), torch.tensor([0, 1, 2])
+    hidden, weight = torch.randn(3, 4), torch.randn(5, 4)
+    calls = [
+        ("chunk_elements", "an integer >= 1", lambda: encouraging_loss(logits, target, chunk_elements=0)),
+        ("chunk_elements", "an integer >= 1", lambda: linear_encouraging_loss(hidden, weight, target, chunk_elements=0)),
+        ("block_elements", "None or an integer >= 1",
+         lambda: linear_encouraging_loss(hidden, weight, target, block_elements=0)),
+        ("chunk_elements", ">= 1", lambda: chunked_sweep(logits, target.unsqueeze(-1), EncouragingLossOptions(),
+                                                         RowSums.zeros(3, torch.float32, logits.device),
+                                                         chunk_elements=0)),
+        ("block_elements", ">= 1", lambda: projected_sweep(hidden, weight, None, target.unsqueeze(-1),
+                                                           EncouragingLossOptions(),
+                                                           RowSums.zeros(3, torch.float32, hidden.device),
+                                                           block_elements=0)),
+    ]
+    for field, requirement, call in calls:
+        with pytest.raises(OptionError) as caught:
+            call()
+        assert str(caught.value) == f"{field} must be {requirement}, got 0"
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_gradient_at_p_exactly_log_end(impl):
