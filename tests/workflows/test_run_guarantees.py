@@ -93,7 +93,9 @@ def test_evaluation_is_one_at_a_time_and_ctrl_c_stops_it_cleanly(genuine, toy_da
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "run.json").write_text(json.dumps({"recipe": "demo", "loss": "baseline", "seed": 1,
                                                   "data_dir": str(toy_data_bin.parent)}))
-    first = start("evaluate.sh", run_dir, "--checkpoint", genuine)
+    # one sentence a batch, wide beams: generation must still be running when Ctrl-C comes (the toy
+    # test set at the recipe's settings was done within that time on a fast CPU)
+    first = start("evaluate.sh", run_dir, "--checkpoint", genuine, "--", "--batch-size", "1", "--beam", "32")
     try:
         wait_for(lambda: group_runs(first.pid, "fairseq_cli.generate"), first)
         second = run("evaluate.sh", run_dir, "--checkpoint", genuine)
